@@ -1,0 +1,116 @@
+"""`instructkit <command> [--config f.yaml] [key.sub=value | --key value ...]` — a thin shell over
+`stage.run(cfg)`. Every config field is a flag; `instructkit <command> --help` lists them all."""
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+from instructkit import config as C
+from instructkit.errors import EXIT_INPUT, InputError
+
+# command -> (config class, module with run(cfg), positional argument names, one-line summary)
+COMMANDS = {
+    "pretrain": (C.PretrainConfig, "instructkit.stages.pretrain", [], "pretrain a causal LM on packed text"),
+    "sft": (C.SFTConfig, "instructkit.stages.sft", [], "supervised fine-tuning on demonstrations"),
+    "sample": (C.SampleConfig, "instructkit.stages.sample", ["model"], "sample completions for a prompts file"),
+}
+# commands with their own argument parsing: name -> (module, summary)
+DELEGATED = {
+    "world": ("instructkit.sandbox.cli", "the sandbox world: build | label | report"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: instructkit <command> [--config FILE.yaml] [key=value ...]", "", "commands:"]
+    for name, (_, _, pos, summary) in COMMANDS.items():
+        lines.append(f"  {name:<10} {summary}")
+    for name, (_, summary) in DELEGATED.items():
+        lines.append(f"  {name:<10} {summary}")
+    lines.append("\n`instructkit <command> --help` lists every field with its doc and default.")
+    return "\n".join(lines)
+
+
+def split_args(argv: list[str], positional: list[str]) -> tuple[str | None, list[str], bool]:
+    """-> (config path, overrides as key=value, help requested)."""
+    config_path, overrides, want_help = None, [], False
+    pos = list(positional)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            want_help = True
+        elif a == "--config" or a.startswith("--config="):
+            if "=" in a:
+                config_path = a.split("=", 1)[1]
+            else:
+                if i + 1 >= len(argv):
+                    raise InputError("--config needs a file", field="--config")
+                config_path = argv[i + 1]
+                i += 1
+        elif a.startswith("--"):
+            key = a[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(f"{key}={argv[i + 1]}")
+                i += 1
+            else:
+                overrides.append(f"{key}=true")
+        elif "=" in a:
+            overrides.append(a)
+        elif pos:
+            overrides.append(f"{pos.pop(0)}={a}")
+        else:
+            raise InputError(f"unexpected argument {a!r} (use key=value)")
+        i += 1
+    return config_path, overrides, want_help
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    cls, module, positional, _ = COMMANDS[name]
+    config_path, overrides, want_help = split_args(argv, positional)
+    if want_help:
+        print(f"usage: instructkit {name} {' '.join(p.upper() for p in positional)} [--config FILE.yaml] [key=value ...]\n")
+        print(C.help_text(cls))
+        return 0
+    cfg = C.load_config(cls, config_path, overrides)
+    out = Path(cfg.out) if getattr(cfg, "out", "") else None
+    existed = out.exists() if out else True
+    try:
+        importlib.import_module(module).run(cfg)
+    except InputError:
+        if out is not None and not existed and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        raise
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from instructkit.run import AlreadyComplete
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        if name in COMMANDS:
+            return run_command(name, rest)
+        if name in DELEGATED:
+            return int(importlib.import_module(DELEGATED[name][0]).main(rest) or 0)
+        raise InputError(f"unknown command {name!r}\n\n{usage()}")
+    except InputError as e:
+        print(f"instructkit: error: {e.format()}", file=sys.stderr)
+        return EXIT_INPUT
+    except AlreadyComplete as e:
+        print(f"instructkit {name}: {e} is already complete (pass overwrite=true to redo it)")
+        return 0
+    except KeyboardInterrupt:
+        print("instructkit: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Records -> token ids -> padded batches. Prompt templates live here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+def render_prompt(prompt: str, tokenizer, template, messages: list[dict] | None = None) -> str:
+    """The exact text the model sees before its response."""
+    if template.kind == "plain":
+        if messages is not None:
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return prompt
+    msgs = list(messages) if messages is not None else [{"role": "user", "content": prompt}]
+    if template.system and (not msgs or msgs[0]["role"] != "system"):
+        msgs = [{"role": "system", "content": template.system}] + msgs
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+
+def encode_demonstration(demo, tokenizer, template, max_len: int) -> tuple[Example, bool]:
+    """Prompt and completion tokenized separately (no merge across the boundary), EOS appended.
+    Returns (example, truncated)."""
+    if demo.messages is not None:
+        prompt_text = render_prompt("", tokenizer, template, demo.messages[:-1])
+    else:
+        prompt_text = render_prompt(demo.prompt, tokenizer, template)
+    p = encode_text(tokenizer, prompt_text) if prompt_text else []
+    c = encode_text(tokenizer, demo.completion) + [tokenizer.eos_token_id]
+    truncated = len(p) + len(c) > max_len
+    if truncated:
+        keep_prompt = max(1, max_len - len(c)) if len(c) < max_len else max(1, max_len // 2)
+        p = p[-keep_prompt:]
+        c = c[: max_len - len(p)]
+    return Example(p + c, [IGNORE] * len(p) + c), truncated
+
+
+def collate_right(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded training batch: input_ids, attention_mask, labels (B, T)."""
+    T = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_texts(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tensor:
+    """Documents joined with EOS and cut into (N, seq_len) blocks; the ragged tail is dropped."""
+    flat: list[int] = []
+    for ids in token_lists:
+        flat.extend(ids)
+        flat.append(eos_id)
+    n = len(flat) // seq_len
+    return torch.tensor(flat[: n * seq_len], dtype=torch.long).view(n, seq_len)

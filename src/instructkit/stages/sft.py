@@ -1,0 +1,150 @@
+"""Stage `sft`: supervised fine-tuning on demonstrations (InstructGPT §3.5 / App. C.1).
+
+Loss on completion tokens only; cosine decay to 10% of peak with no warm-up; residual dropout.
+Validation loss overfits after about one epoch while quality keeps rising, so the output can be
+selected by a scorer (gold utility in the sandbox, a reward model otherwise) instead of by loss."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+from instructkit import data as datalib
+from instructkit.config import SFTConfig
+from instructkit.data.encode import collate_right, encode_demonstration, render_prompt
+from instructkit.errors import InputError
+from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
+from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
+                             seed_everything, set_rng_state)
+
+
+@torch.no_grad()
+def demo_loss(model, examples, pad_id: int, batch_size: int = 32) -> float:
+    """Mean completion-token loss over examples (dropout off)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate_right(examples[i:i + batch_size], pad_id)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**batch).loss.item() * n
+        count += n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def score_model(model, tok, prompts: list[str], scorer, max_new_tokens: int, seed: int) -> float:
+    """Mean scorer value of sampled responses (temperature 1) on `prompts`."""
+    from instructkit.generation import SamplingParams, generate_texts
+
+    was_training = model.training
+    model.eval()
+    responses = generate_texts(model, tok, prompts, SamplingParams(max_new_tokens=max_new_tokens), seed=seed)
+    model.train(was_training)
+    scores = scorer(prompts, responses)
+    return sum(scores) / max(1, len(scores))
+
+
+def run(cfg: SFTConfig) -> dict:
+    threads = set_threads(cfg.threads)
+    for name, value in (("model", cfg.model), ("data.train", cfg.data.train)):
+        if not value:
+            raise InputError("missing required field", field=name)
+    if cfg.select.by == "score" and not (cfg.select.scorer and cfg.select.prompts):
+        raise InputError("select.by=score needs select.scorer and select.prompts", field="select.scorer")
+    if cfg.select.by == "loss" and not cfg.data.val:
+        raise InputError("select.by=loss needs validation data", field="data.val")
+    demos = datalib.load(cfg.data.train, "demonstration")
+    val_demos = datalib.load(cfg.data.val, "demonstration") if cfg.data.val else []
+    select_prompts = ([p.prompt for p in datalib.load(cfg.select.prompts, "prompt")][: cfg.select.n_prompts]
+                      if cfg.select.prompts else [])
+    scorer = None
+    if cfg.select.by == "score":
+        from instructkit.scoring import get_scorer
+        scorer = get_scorer(cfg.select.scorer)
+    model, tok = load_causal_lm(cfg.model, dropout=cfg.dropout)
+    select_prompts = [render_prompt(p, tok, cfg.template) for p in select_prompts]
+
+    encoded = [encode_demonstration(d, tok, cfg.template, cfg.data.max_len) for d in demos]
+    examples = [e for e, _ in encoded]
+    n_trunc = sum(t for _, t in encoded)
+    val_examples = [encode_demonstration(d, tok, cfg.template, cfg.data.max_len)[0] for d in val_demos]
+
+    rundir = RunDir(cfg.out, "sft", cfg, {"model": cfg.model, "data.train": cfg.data.train,
+                                          "data.val": cfg.data.val, "select.prompts": cfg.select.prompts})
+    state = rundir.start()
+    seed_everything(cfg.seed)
+    per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    every = cfg.select.every or per_epoch
+    print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} demonstrations "
+          f"({n_trunc} truncated to {cfg.data.max_len} tokens), {cfg.epochs} epochs = {total} steps x "
+          f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}")
+
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total)
+    start, best, best_state = 0, None, None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best, best_state = state["step"], state["best"], state["best_state"]
+        print(f"sft: resuming from step {start}")
+
+    model.train()
+    bar = progress(total, start, "sft")
+    t0, tokens, loss_ema = time.time(), 0, None
+    for step in range(start, total):
+        epoch, i = divmod(step, per_epoch)
+        order = epoch_permutation(cfg.seed, epoch, len(examples))
+        batch = collate_right([examples[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]],
+                              tok.pad_token_id)
+        loss = model(**batch).loss  # mean over completion tokens (labels are -100 on the prompt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        optimizer.step()
+        scheduler.step()
+        tokens += int(batch["attention_mask"].sum())
+        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.3f}", epoch=epoch + 1)
+        record = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(),
+                  "epoch": done / per_epoch}
+        if done % every == 0 or done == total:
+            # select
+            if val_examples:
+                record["val_loss"] = demo_loss(model, val_examples, tok.pad_token_id)
+            if scorer is not None:
+                record["val_score"] = score_model(model, tok, select_prompts, scorer, cfg.select.max_new_tokens,
+                                                  cfg.seed)
+            value = {"loss": -record.get("val_loss", 0.0), "score": record.get("val_score"), "last": done}[cfg.select.by]
+            if cfg.select.by != "last" and (best is None or value > best["value"]):
+                best = {"value": value, "step": done}
+                best_state = copy.deepcopy(model.state_dict())
+        if done % cfg.log_every == 0 or done == total or "val_loss" in record or "val_score" in record:
+            rundir.log(done, **record, tokens_per_s=tokens / max(1e-9, time.time() - t0))
+        if done % cfg.save_every == 0 and done < total:
+            rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
+                                    "best_state": best_state})
+    bar.close()
+    selected = total
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        selected = best["step"]
+    metrics = {"train_loss": loss_ema, "tokens_per_s": tokens / max(1e-9, time.time() - t0), "selected_step": selected}
+    if val_examples:
+        metrics["val_loss"] = demo_loss(model, val_examples, tok.pad_token_id)
+    if best is not None and cfg.select.by == "score":
+        metrics["val_score"] = best["value"]
+    set_dropout(model, 0.0)  # saved models carry no training-time dropout; each stage sets its own
+    save_model(model, tok, cfg.out)
+    rundir.finish(metrics)
+    print(f"sft: done -> {cfg.out} (step {selected} of {total}) " +
+          " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics
