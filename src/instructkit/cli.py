@@ -15,10 +15,17 @@ COMMANDS = {
     "pretrain": (C.PretrainConfig, "instructkit.stages.pretrain", [], "pretrain a causal LM on packed text"),
     "sft": (C.SFTConfig, "instructkit.stages.sft", [], "supervised fine-tuning on demonstrations"),
     "sample": (C.SampleConfig, "instructkit.stages.sample", ["model"], "sample completions for a prompts file"),
+    "rm": (C.RMConfig, "instructkit.stages.rm", [], "reward model on K-way rankings (pairs and ratings too)"),
+    "rm-eval": (C.RMEvalConfig, "instructkit.stages.rm_eval", ["model"], "evaluate a reward model on rankings"),
+    "score": (C.ScoreConfig, "instructkit.stages.score", ["model"], "score prompt/completion records with a reward model"),
+    "ppo": (C.PPOConfig, "instructkit.stages.ppo", [], "PPO / PPO-ptx against a reward model"),
+    "bon": (C.BoNConfig, "instructkit.stages.bon", ["model"], "best-of-n sampling with a reward model"),
+    "dpo": (C.DirectConfig, "instructkit.stages.direct", [], "direct preference optimisation: --loss dpo|cdpo|ipo|slic|kto|orpo"),
 }
 # commands with their own argument parsing: name -> (module, summary)
 DELEGATED = {
     "world": ("instructkit.sandbox.cli", "the sandbox world: build | label | report"),
+    "pipeline": ("instructkit.pipeline", "run a pipeline config's stages in order, resuming and skipping"),
 }
 
 

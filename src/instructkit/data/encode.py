@@ -33,12 +33,19 @@ class Example:
 def encode_demonstration(demo, tokenizer, template, max_len: int) -> tuple[Example, bool]:
     """Prompt and completion tokenized separately (no merge across the boundary), EOS appended.
     Returns (example, truncated)."""
-    if demo.messages is not None:
-        prompt_text = render_prompt("", tokenizer, template, demo.messages[:-1])
-    else:
-        prompt_text = render_prompt(demo.prompt, tokenizer, template)
-    p = encode_text(tokenizer, prompt_text) if prompt_text else []
-    c = encode_text(tokenizer, demo.completion) + [tokenizer.eos_token_id]
+    return encode_demonstrations([demo], tokenizer, template, max_len)[0]
+
+
+def encode_demonstrations(demos, tokenizer, template, max_len: int) -> list[tuple[Example, bool]]:
+    """Batch form of `encode_demonstration` (one tokenizer call for all prompts, one for all completions)."""
+    prompts = [render_prompt("", tokenizer, template, d.messages[:-1]) if d.messages is not None
+               else render_prompt(d.prompt, tokenizer, template) for d in demos]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if demos else []
+    c_ids = tokenizer([d.completion for d in demos], add_special_tokens=False)["input_ids"] if demos else []
+    return [_join(p, c + [tokenizer.eos_token_id], max_len) for p, c in zip(p_ids, c_ids)]
+
+
+def _join(p: list[int], c: list[int], max_len: int) -> tuple[Example, bool]:
     truncated = len(p) + len(c) > max_len
     if truncated:
         keep_prompt = max(1, max_len - len(c)) if len(c) < max_len else max(1, max_len // 2)

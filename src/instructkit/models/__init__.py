@@ -90,7 +90,7 @@ def new_model(init, tokenizer, seed: int = 0):
                          field="init.n_heads")
     cfg = _family_config(init, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg)
+    return use_fast_kernels(AutoModelForCausalLM.from_config(cfg))
 
 
 def load_causal_lm(path: str | os.PathLike, *, dropout: float | None = None):
@@ -114,7 +114,19 @@ def load_causal_lm(path: str | os.PathLike, *, dropout: float | None = None):
     model.config.eos_token_id = tok.eos_token_id
     if dropout is not None:
         set_dropout(model, dropout)
-    return model, tok
+    return use_fast_kernels(model), tok
+
+
+def use_fast_kernels(model: nn.Module) -> nn.Module:
+    """Swap GPT-2's Python-level tanh GELU for PyTorch's fused one: the same function (max difference
+    2.4e-7 in fp32), one kernel instead of seven elementwise ops (~12% of a small model's step)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

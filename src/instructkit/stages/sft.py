@@ -13,11 +13,24 @@ import torch
 
 from instructkit import data as datalib
 from instructkit.config import SFTConfig
-from instructkit.data.encode import collate_right, encode_demonstration, render_prompt
+from instructkit.data.encode import collate_right, encode_demonstrations, render_prompt
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
-from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
+from instructkit.run import (RunDir, epoch_batches, make_optimizer, make_scheduler, progress, rng_state,
                              seed_everything, set_rng_state)
+
+
+def completion_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over completion tokens, with the LM head applied only at those positions:
+    the prompt's logits are never computed (for a 50k vocabulary that is most of the head's cost)."""
+    labels = batch["labels"][:, 1:]  # (B, T-1) next-token targets
+    where = labels != -100  # (B, T-1)
+    if getattr(model.config, "final_logit_softcapping", None):  # models that post-process logits
+        return model(**batch).loss
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state  # (B, T, C)
+    logits = model.get_output_embeddings()(hidden[:, :-1][where])  # (M, V), M = completion tokens
+    return torch.nn.functional.cross_entropy(logits.float(), labels[where])
 
 
 @torch.no_grad()
@@ -29,7 +42,7 @@ def demo_loss(model, examples, pad_id: int, batch_size: int = 32) -> float:
     for i in range(0, len(examples), batch_size):
         batch = collate_right(examples[i:i + batch_size], pad_id)
         n = int((batch["labels"][:, 1:] != -100).sum())
-        total += model(**batch).loss.item() * n
+        total += completion_loss(model, batch).item() * n
         count += n
     model.train(was_training)
     return total / max(1, count)
@@ -67,10 +80,11 @@ def run(cfg: SFTConfig) -> dict:
     model, tok = load_causal_lm(cfg.model, dropout=cfg.dropout)
     select_prompts = [render_prompt(p, tok, cfg.template) for p in select_prompts]
 
-    encoded = [encode_demonstration(d, tok, cfg.template, cfg.data.max_len) for d in demos]
+    encoded = encode_demonstrations(demos, tok, cfg.template, cfg.data.max_len)
     examples = [e for e, _ in encoded]
     n_trunc = sum(t for _, t in encoded)
-    val_examples = [encode_demonstration(d, tok, cfg.template, cfg.data.max_len)[0] for d in val_demos]
+    val_examples = [e for e, _ in encode_demonstrations(val_demos, tok, cfg.template, cfg.data.max_len)]
+    lengths = [len(e.input_ids) for e in examples]
 
     rundir = RunDir(cfg.out, "sft", cfg, {"model": cfg.model, "data.train": cfg.data.train,
                                           "data.val": cfg.data.val, "select.prompts": cfg.select.prompts})
@@ -96,13 +110,13 @@ def run(cfg: SFTConfig) -> dict:
 
     model.train()
     bar = progress(total, start, "sft")
-    t0, tokens, loss_ema = time.time(), 0, None
+    t0, tokens, loss_ema, batches = time.time(), 0, None, None
     for step in range(start, total):
         epoch, i = divmod(step, per_epoch)
-        order = epoch_permutation(cfg.seed, epoch, len(examples))
-        batch = collate_right([examples[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]],
-                              tok.pad_token_id)
-        loss = model(**batch).loss  # mean over completion tokens (labels are -100 on the prompt)
+        if i == 0 or batches is None:
+            batches = epoch_batches(cfg.seed, epoch, lengths, cfg.batch_size, cfg.group_by_length)
+        batch = collate_right([examples[j] for j in batches[i]], tok.pad_token_id)
+        loss = completion_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)

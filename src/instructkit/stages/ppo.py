@@ -1,0 +1,322 @@
+"""Stage `ppo`: PPO and PPO-ptx against a reward model (InstructGPT §3.5, App. C.4).
+
+Bandit episodes: a prompt, a sampled response, one reward. The reward per token is the KL penalty
+-beta * (log pi - log ref), plus the (normalised) RM score at the response's last real token. A
+separate value model, initialised from the RM, gives GAE advantages. PPO-ptx adds gamma times the
+pretraining log-likelihood to each optimisation step. One explicit loop:
+rollout -> score -> KL-shaped reward -> GAE -> PPO epochs -> log -> evaluate -> checkpoint."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+
+from instructkit import data as datalib
+from instructkit import losses as L
+from instructkit.config import PPOConfig
+from instructkit.data.encode import encode_text, pack_texts, render_prompt
+from instructkit.errors import InputError
+from instructkit.generation import SamplingParams, generate, left_pad, position_ids_from_mask
+from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
+from instructkit.run import RunDir, epoch_permutation, progress, rng_state, seed_everything, set_rng_state
+
+
+# ---------------------------------------------------------------------------- model passes
+
+def response_logits(model, sequences, attention_mask, prompt_len: int):
+    """Logits that predict each response token: (B, N, V) for sequences (B, P + N)."""
+    out = model(input_ids=sequences, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.logits[:, prompt_len - 1:-1]
+
+
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float):
+    """(logprobs (B, N), entropy (B, N)) of the response tokens at the sampling temperature."""
+    logits = response_logits(model, sequences, attention_mask, prompt_len)
+    labels = sequences[:, prompt_len:]
+    return L.token_logprobs(logits, labels, temperature), L.entropy_from_logits(logits, temperature)
+
+
+def response_values(value_model, sequences, attention_mask, prompt_len: int, gain: float, bias: float):
+    """Per-token values (B, N) from the value model's backbone and scalar head, on the RM's scale."""
+    backbone = value_model.base_model
+    hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    values = value_model.score(hidden).squeeze(-1)  # (B, P + N)
+    return gain * values[:, prompt_len - 1:-1] + bias
+
+
+# ---------------------------------------------------------------------------- the stage
+
+def _check(cfg: PPOConfig) -> None:
+    for name in ("policy", "reward_model", "prompts"):
+        if not getattr(cfg, name):
+            raise InputError("missing required field", field=name)
+    if cfg.ptx_coef > 0 and not cfg.ptx_data:
+        raise InputError("PPO-ptx (ptx_coef > 0) needs pretraining text", field="ptx_data")
+    if cfg.rollout_batch % cfg.minibatch:
+        raise InputError(f"rollout_batch ({cfg.rollout_batch}) must be a multiple of minibatch ({cfg.minibatch})",
+                         field="minibatch")
+    if cfg.temperature <= 0:
+        raise InputError("PPO samples: temperature must be > 0", field="temperature")
+
+
+def run(cfg: PPOConfig) -> dict:
+    from instructkit.reward import load_reward_model
+    from instructkit.scoring import get_scorer
+
+    threads = set_threads(cfg.threads)
+    _check(cfg)
+    prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
+    eval_prompts = [p.prompt for p in datalib.load(cfg.eval_prompts, "prompt")][: cfg.eval_n] if cfg.eval_prompts else []
+    ptx_docs = [t.text for t in datalib.load(cfg.ptx_data, "text")] if cfg.ptx_coef > 0 else []
+
+    policy, tok = load_causal_lm(cfg.policy)
+    reference, ref_tok = load_causal_lm(cfg.reference or cfg.policy)
+    reward = load_reward_model(cfg.reward_model)
+    value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model)
+    if ref_tok.get_vocab() != tok.get_vocab():
+        raise InputError("the reference's tokenizer differs from the policy's", path=cfg.reference)
+    gold = get_scorer(cfg.gold) if cfg.gold else None
+    judge = get_scorer(cfg.eval_scorer) if cfg.eval_scorer else reward.score
+    for m in (policy, reference, value_model):
+        set_dropout(m, 0.0)  # InstructGPT detail: no dropout in PPO (log-probs must match the sampler's)
+    reference.eval().requires_grad_(False)
+
+    rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
+    prompt_ids = [encode_text(tok, p) for p in rendered]
+    eval_rendered = [render_prompt(p, tok, cfg.template) for p in eval_prompts]
+    ptx_blocks = pack_texts([encode_text(tok, d) for d in ptx_docs], tok.eos_token_id, cfg.ptx_seq_len) if ptx_docs else None
+
+    rundir = RunDir(cfg.out, "ppo", cfg, {"policy": cfg.policy, "reward_model": cfg.reward_model,
+                                          "prompts": cfg.prompts, "ptx_data": cfg.ptx_data})
+    state = rundir.start()
+    seed_everything(cfg.seed)
+    iterations = max(1, cfg.episodes // cfg.rollout_batch)
+    per_epoch = max(1, len(prompts) // cfg.rollout_batch)
+    ptx_per_step = int(round(cfg.ptx_per_episode * cfg.minibatch)) if ptx_blocks is not None else 0
+    print(f"ppo: policy {count_parameters(policy) / 1e6:.2f}M, value {count_parameters(value_model) / 1e6:.2f}M; "
+          f"{iterations} iterations x {cfg.rollout_batch} episodes, {cfg.ppo_epochs} epoch(s) of minibatch "
+          f"{cfg.minibatch}; beta {cfg.kl.coef}{' (adaptive)' if cfg.kl.adaptive else ''}; "
+          f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}")
+
+    opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps)
+    warm = lambda it: min(1.0, (it + 1) / max(1, cfg.warmup_iterations))  # noqa: E731 (constant after warm-up)
+    sch_pi = torch.optim.lr_scheduler.LambdaLR(opt_pi, warm)
+    sch_v = torch.optim.lr_scheduler.LambdaLR(opt_v, warm)
+    kl_coef = cfg.kl.coef
+    start, best, best_state, ema_state = 0, None, None, None
+    if cfg.ema > 0:
+        ema_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    if state:
+        policy.load_state_dict(state["policy"])
+        value_model.load_state_dict(state["value"])
+        opt_pi.load_state_dict(state["opt_pi"])
+        opt_v.load_state_dict(state["opt_v"])
+        sch_pi.load_state_dict(state["sch_pi"])
+        sch_v.load_state_dict(state["sch_v"])
+        set_rng_state(state["rng"])
+        start, kl_coef, best, best_state, ema_state = (state["iteration"], state["kl_coef"], state["best"],
+                                                       state["best_state"], state["ema_state"])
+        print(f"ppo: resuming from iteration {start}")
+
+    sample_gen = torch.Generator()
+    bar = progress(iterations, start, "ppo")
+    last = {}
+    for it in range(start, iterations):
+        t_it = time.time()
+        sample_gen.manual_seed(cfg.seed * 7919 + it)
+        # rollout
+        epoch, i = divmod(it, per_epoch)
+        order = epoch_permutation(cfg.seed, epoch, len(prompts))
+        idx = [order[(i * cfg.rollout_batch + j) % len(prompts)] for j in range(cfg.rollout_batch)]
+        input_ids, attn = left_pad([prompt_ids[j] for j in idx], tok.pad_token_id)
+        P = input_ids.shape[1]
+        policy.eval()
+        gen = generate(policy, input_ids, attn, SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                                               temperature=cfg.temperature),
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=sample_gen,
+                       return_logprobs=True)
+        seq = gen.sequences  # (B, P + N)
+        mask = gen.response_mask.float()  # (B, N): up to and including the first EOS
+        full_attn = torch.cat([attn, gen.response_mask.long()], dim=1)
+        t_roll = time.time() - t_it
+
+        # score
+        t0 = time.time()
+        responses = tok.batch_decode(torch.where(gen.response_mask.bool() & (gen.response_ids != tok.eos_token_id),
+                                                 gen.response_ids, tok.pad_token_id), skip_special_tokens=True)
+        batch_prompts = [prompts[j] for j in idx]
+        scores = torch.tensor(reward.score(batch_prompts, responses), dtype=torch.float32)  # (B,)
+        rm_mean = scores.mean().item()
+        if cfg.missing_eos_penalty:
+            scores = torch.where(gen.ended_with_eos, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        if cfg.scale_rewards:
+            scores = scores / (scores.std() + 1e-8)
+        gold_mean = sum(gold(batch_prompts, responses)) / len(responses) if gold else None
+        with torch.no_grad():
+            old_logprobs, _ = response_logprobs(policy, seq, full_attn, P, cfg.temperature)
+            ref_logprobs, _ = response_logprobs(reference, seq, full_attn, P, cfg.temperature)
+            old_values = response_values(value_model, seq, full_attn, P, *value_norm)
+        old_logprobs, ref_logprobs, old_values = old_logprobs * mask, ref_logprobs * mask, old_values * mask
+        t_score = time.time() - t0
+
+        # KL-shaped reward
+        rewards, kl = L.shaped_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
+        kl_est = L.kl_estimators(old_logprobs, ref_logprobs)
+        kl_seq = (kl * mask).sum(1)  # (B,) nats per response
+        k3_seq = (kl_est["k3"] * mask).sum(1)
+
+        # GAE
+        advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = L.whiten(advantages, mask) * mask
+
+        # PPO epochs
+        t0 = time.time()
+        policy.train()
+        value_model.train()
+        stats: dict[str, list[float]] = {}
+        for ppo_epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.rollout_batch, generator=sample_gen)
+            for mb_start in range(0, cfg.rollout_batch, cfg.minibatch):
+                mb = perm[mb_start:mb_start + cfg.minibatch]
+                logprobs, entropy = response_logprobs(policy, seq[mb], full_attn[mb], P, cfg.temperature)
+                pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask[mb],
+                                                      cfg.clip_range)
+                loss = pg_loss
+                if ptx_per_step:
+                    # PPO-ptx: gamma * E_pretrain[log pi(x)] joins the same optimiser step
+                    rows = torch.randint(len(ptx_blocks), (ptx_per_step,), generator=sample_gen)
+                    ptx = ptx_blocks[rows]
+                    ptx_loss = policy(input_ids=ptx, labels=ptx, use_cache=False).loss
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                    stats.setdefault("ptx_loss", []).append(ptx_loss.item())
+                opt_pi.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                opt_pi.step()
+
+                values = response_values(value_model, seq[mb], full_attn[mb], P, *value_norm)
+                v_loss, v_stats = L.ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], cfg.vf_clip)
+                opt_v.zero_grad(set_to_none=True)
+                (cfg.vf_coef * v_loss).backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+                opt_v.step()
+                for k, v in {"pg_loss": pg_loss, "vf_loss": v_loss, "entropy": L.masked_mean(entropy, mask[mb]),
+                             **pg_stats, **v_stats}.items():
+                    stats.setdefault(k, []).append(float(v))
+        sch_pi.step()
+        sch_v.step()
+        if ema_state is not None:
+            with torch.no_grad():
+                for k, v in policy.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema_state[k].mul_(cfg.ema).add_(v, alpha=1 - cfg.ema)
+        t_train = time.time() - t0
+
+        # KL controller (Ziegler et al.): uses this batch's mean KL per response
+        mean_kl = kl_seq.mean().item()
+        if cfg.kl.adaptive:
+            kl_coef = L.kl_controller_update(kl_coef, mean_kl, cfg.kl.target, cfg.kl.horizon, cfg.rollout_batch)
+
+        # log
+        done = it + 1
+        record = {
+            "episodes": done * cfg.rollout_batch,
+            "reward_rm": rm_mean, "reward_total": (rewards * mask).sum(1).mean().item(),
+            "kl": mean_kl, "kl_k3": k3_seq.mean().item(), "kl_coef": kl_coef,
+            "response_length": mask.sum(1).mean().item(), "eos_rate": gen.ended_with_eos.float().mean().item(),
+            "explained_variance": float(L.explained_variance(old_values, returns, mask)),
+            **{k: sum(v) / len(v) for k, v in stats.items()},
+            "time_rollout": t_roll, "time_score": t_score, "time_train": t_train,
+        }
+        if gold_mean is not None:
+            record["reward_gold"] = gold_mean
+        alarms = _alarms(record, cfg)
+        if alarms:
+            record["alarms"] = alarms
+            warnings.warn(f"ppo iteration {done}: " + "; ".join(alarms))
+            if cfg.stop_on_alarm and any(a.startswith("non-finite") for a in alarms):
+                print("ppo: stopping on a non-finite value; the last good checkpoint is kept")
+                rundir.log(done, **record)
+                break
+
+        # evaluate
+        if eval_rendered and ((cfg.eval_every and done % cfg.eval_every == 0) or done == iterations):
+            record["eval_score"] = _evaluate(policy, tok, eval_prompts, eval_rendered, judge, cfg)
+            if best is None or record["eval_score"] > best["score"]:
+                best = {"score": record["eval_score"], "iteration": done}
+                best_state = copy.deepcopy((ema_state or policy.state_dict()))
+        rundir.log(done, **record)
+        last = record
+        bar.update(1)
+        bar.set_postfix(rm=f"{rm_mean:.3f}", kl=f"{mean_kl:.2f}", **({"gold": f"{gold_mean:.3f}"} if gold_mean is not None else {}))
+        if done == start + 1:
+            print(f"\nppo: iteration time split: rollout {t_roll:.2f}s, scoring {t_score:.2f}s, training {t_train:.2f}s")
+        if done % cfg.save_every == 0 and done < iterations:
+            rundir.save_checkpoint({"iteration": done, "policy": policy.state_dict(), "value": value_model.state_dict(),
+                                    "opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(),
+                                    "sch_pi": sch_pi.state_dict(), "sch_v": sch_v.state_dict(), "rng": rng_state(),
+                                    "kl_coef": kl_coef, "best": best, "best_state": best_state,
+                                    "ema_state": ema_state})
+    bar.close()
+
+    if cfg.select == "best" and best_state is not None:
+        policy.load_state_dict(best_state)
+        selected = best["iteration"]
+    else:
+        if ema_state is not None:
+            policy.load_state_dict(ema_state)
+        selected = iterations
+    save_model(policy, tok, cfg.out)
+    value_model.save_pretrained(str(rundir.out / "value_model"), safe_serialization=True)
+    metrics = {k: last.get(k) for k in ("reward_rm", "reward_gold", "kl", "kl_coef", "eos_rate", "response_length")
+               if last.get(k) is not None}
+    metrics["selected_iteration"] = selected
+    if best is not None:
+        metrics["eval_score"] = best["score"]
+    rundir.finish(metrics)
+    print(f"ppo: done -> {cfg.out} (iteration {selected} of {iterations}) " +
+          " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics
+
+
+def _value_model(path: str):
+    """The value model: the reward model's architecture and weights, scalar head per token, on the
+    RM's normalised scale (InstructGPT initialises it from the RM)."""
+    from instructkit.reward import load_reward_model
+
+    rm = load_reward_model(path)
+    return rm.model, (rm.gain, rm.bias)
+
+
+def _alarms(record: dict, cfg: PPOConfig) -> list[str]:
+    out = []
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        out.append(f"non-finite {', '.join(bad)}")
+    if record["kl"] < -1e-3:
+        out.append(f"negative mean KL {record['kl']:.4f} (sampling and training log-probs disagree?)")
+    if record["response_length"] >= 0.95 * cfg.max_new_tokens and record["eos_rate"] < 0.5:
+        out.append(f"runaway length: mean {record['response_length']:.1f} of {cfg.max_new_tokens}, "
+                   f"{record['eos_rate']:.0%} end with EOS")
+    return out
+
+
+@torch.no_grad()
+def _evaluate(policy, tok, prompts, rendered, judge, cfg: PPOConfig) -> float:
+    from instructkit.generation import generate_texts
+
+    policy.eval()
+    responses = generate_texts(policy, tok, rendered, SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                                                     temperature=cfg.temperature),
+                               seed=cfg.seed + 12345)
+    scores = judge(prompts, responses)
+    return sum(scores) / max(1, len(scores))
