@@ -23,6 +23,7 @@ class Stage:
     command: str  # e.g. "sft" or "world build"
     args: dict
     out: str
+    group: str | None = None  # consecutive stages of one group run at the same time, one process each
 
 
 def _format(value, names: dict, where: str):
@@ -63,7 +64,7 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
         out = args.get("out") or f"{names['out']}/{s['name']}"
         args["out"] = out
         names[s["name"]] = out
-        stages.append(Stage(s["name"], s["command"], args, out))
+        stages.append(Stage(s["name"], s["command"], args, out, s.get("group")))
     return names["out"], stages
 
 
@@ -104,6 +105,45 @@ def run_stage(stage: Stage) -> None:
         raise InputError(f"unknown command {stage.command!r}", field=f"stages.{stage.name}")
 
 
+def run_parallel(batch: list[Stage], root: Path) -> None:
+    """Run stages as child processes (`python -m instructkit CMD --config ARGS.yaml`), one torch
+    thread each, their output prefixed with the stage name; fail if any fails."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    spec_dir = root / ".pipeline"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for s in batch:
+        words = s.command.split()
+        env = {**os.environ, "INSTRUCTKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+        if words[0] in __import__("instructkit.cli").cli.COMMANDS:
+            spec = spec_dir / f"{s.name}.yaml"
+            spec.write_text(yaml.safe_dump({**s.args, "threads": 1}))
+            argv = [sys.executable, "-m", "instructkit", words[0], "--config", str(spec)]
+        else:
+            argv = [sys.executable, "-m", "instructkit", *words]
+            for k, v in _flatten(s.args):
+                argv += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+        procs.append((s, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          env=env)))
+
+    def pump(name, stream):
+        for line in stream:
+            print(f"[{name}] {line}", end="", flush=True)
+    threads = [threading.Thread(target=pump, args=(s.name, p.stdout), daemon=True) for s, p in procs]
+    for t in threads:
+        t.start()
+    failed = [(s.name, p.wait()) for s, p in procs]
+    for t in threads:
+        t.join()
+    failed = [(n, rc) for n, rc in failed if rc]
+    if failed:
+        raise InputError("stage(s) failed: " + ", ".join(f"{n} (exit {rc})" for n, rc in failed))
+
+
 def run_pipeline(path: str, from_stage: str | None = None, only: list[str] | None = None,
                  overrides: dict | None = None) -> str:
     root, stages = load_pipeline(path, overrides)
@@ -118,16 +158,29 @@ def run_pipeline(path: str, from_stage: str | None = None, only: list[str] | Non
             elif target.exists():
                 target.unlink()
     t_all = time.time()
+    todo = []
     for s in stages:
         if only and s.name not in only:
             continue
         if stage_complete(s):
             print(f"pipeline: {s.name}: complete, skipped ({s.out})")
             continue
-        print(f"pipeline: {s.name}: {s.command} -> {s.out}")
+        todo.append(s)
+    i = 0
+    while i < len(todo):
+        s = todo[i]
+        batch = [s]
+        while s.group and i + len(batch) < len(todo) and todo[i + len(batch)].group == s.group:
+            batch.append(todo[i + len(batch)])
         t0 = time.time()
-        run_stage(s)
-        print(f"pipeline: {s.name}: done in {time.time() - t0:.0f}s")
+        if len(batch) == 1:
+            print(f"pipeline: {s.name}: {s.command} -> {s.out}")
+            run_stage(s)
+        else:
+            print(f"pipeline: {', '.join(b.name for b in batch)}: running side by side (one process each)")
+            run_parallel(batch, Path(root))
+        print(f"pipeline: {', '.join(b.name for b in batch)}: done in {time.time() - t0:.0f}s")
+        i += len(batch)
     print(f"pipeline: all stages complete in {time.time() - t_all:.0f}s -> {root}")
     return root
 
@@ -143,4 +196,25 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     run_pipeline(a.config, a.from_stage, a.only.split(",") if a.only else None,
                  {"out": a.out} if a.out else None)
+    return 0
+
+
+def default_demo_config() -> Path:
+    """configs/demo.yaml of the source tree (the package is installed editable by the Makefile)."""
+    return Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def demo_main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="instructkit demo",
+                                 description="The whole pipeline on the built-in sandbox (configs/demo.yaml): "
+                                             "world -> pretrain -> SFT -> labels -> RM -> PPO / PPO-ptx -> "
+                                             "best-of-n -> evaluation -> report.")
+    ap.add_argument("--config", default=str(default_demo_config()))
+    ap.add_argument("--out", help="output root (default: the config's, runs/demo)")
+    ap.add_argument("--from", dest="from_stage", help="rerun from this stage")
+    a = ap.parse_args(argv)
+    root = run_pipeline(a.config, a.from_stage, None, {"out": a.out} if a.out else None)
+    print(f"demo: outputs in {root}/ — report: {root}/report.html, figures: {root}/summary.json")
     return 0
