@@ -25,7 +25,7 @@ def kl_bound(n: int) -> float:
 
 def run(cfg: BoNConfig) -> dict:
     from instructkit.generation import SamplingParams, generate_texts
-    from instructkit.reward import load_reward_model
+    from instructkit.reward import RewardScorer
     from instructkit.scoring import get_scorer
 
     set_threads(cfg.threads)
@@ -37,7 +37,7 @@ def run(cfg: BoNConfig) -> dict:
     prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     model, tok = load_causal_lm(cfg.model)
     model.eval()
-    reward = load_reward_model(cfg.reward_model)
+    reward = RewardScorer.load(cfg.reward_model)
     gold = get_scorer(cfg.gold) if cfg.gold else None
     rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)

@@ -49,6 +49,14 @@ def response_values(value_model, sequences, attention_mask, prompt_len: int, gai
     return gain * values[:, prompt_len - 1:-1] + bias
 
 
+def apply_eos_penalty(scores, ended_with_eos, penalty: float):
+    """A response that never emits EOS gets the fixed `penalty` instead of its RM score (Ziegler et
+    al.; the N implementation details): the RM never saw unfinished answers, so its score means little."""
+    if not penalty:
+        return scores
+    return torch.where(ended_with_eos, scores, torch.full_like(scores, penalty))
+
+
 # ---------------------------------------------------------------------------- the stage
 
 def _check(cfg: PPOConfig) -> None:
@@ -65,7 +73,7 @@ def _check(cfg: PPOConfig) -> None:
 
 
 def run(cfg: PPOConfig) -> dict:
-    from instructkit.reward import load_reward_model
+    from instructkit.reward import RewardScorer
     from instructkit.scoring import get_scorer
 
     threads = set_threads(cfg.threads)
@@ -76,8 +84,8 @@ def run(cfg: PPOConfig) -> dict:
 
     policy, tok = load_causal_lm(cfg.policy)
     reference, ref_tok = load_causal_lm(cfg.reference or cfg.policy)
-    reward = load_reward_model(cfg.reward_model)
-    value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model)
+    reward = RewardScorer.load(cfg.reward_model)
+    value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model, tok, cfg.policy)
     if ref_tok.get_vocab() != tok.get_vocab():
         raise InputError("the reference's tokenizer differs from the policy's", path=cfg.reference)
     gold = get_scorer(cfg.gold) if cfg.gold else None
@@ -153,8 +161,7 @@ def run(cfg: PPOConfig) -> dict:
         batch_prompts = [prompts[j] for j in idx]
         scores = torch.tensor(reward.score(batch_prompts, responses), dtype=torch.float32)  # (B,)
         rm_mean = scores.mean().item()
-        if cfg.missing_eos_penalty:
-            scores = torch.where(gen.ended_with_eos, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        scores = apply_eos_penalty(scores, gen.ended_with_eos, cfg.missing_eos_penalty)
         if cfg.scale_rewards:
             scores = scores / (scores.std() + 1e-8)
         gold_mean = sum(gold(batch_prompts, responses)) / len(responses) if gold else None
@@ -211,7 +218,7 @@ def run(cfg: PPOConfig) -> dict:
                 opt_v.step()
                 for k, v in {"pg_loss": pg_loss, "vf_loss": v_loss, "entropy": L.masked_mean(entropy, mask[mb]),
                              **pg_stats, **v_stats}.items():
-                    stats.setdefault(k, []).append(float(v))
+                    stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
         sch_pi.step()
         sch_v.step()
         if ema_state is not None:
@@ -231,7 +238,8 @@ def run(cfg: PPOConfig) -> dict:
         record = {
             "episodes": done * cfg.rollout_batch,
             "reward_rm": rm_mean, "reward_total": (rewards * mask).sum(1).mean().item(),
-            "kl": mean_kl, "kl_k3": k3_seq.mean().item(), "kl_coef": kl_coef,
+            "kl": mean_kl, "kl_se": (kl_seq.std() / math.sqrt(len(kl_seq))).item(), "kl_k3": k3_seq.mean().item(),
+            "kl_coef": kl_coef,
             "response_length": mask.sum(1).mean().item(), "eos_rate": gen.ended_with_eos.float().mean().item(),
             "explained_variance": float(L.explained_variance(old_values, returns, mask)),
             **{k: sum(v) / len(v) for k, v in stats.items()},
@@ -261,7 +269,7 @@ def run(cfg: PPOConfig) -> dict:
         if done == start + 1:
             print(f"\nppo: iteration time split: rollout {t_roll:.2f}s, scoring {t_score:.2f}s, training {t_train:.2f}s")
         if done % cfg.save_every == 0 and done < iterations:
-            rundir.save_checkpoint({"iteration": done, "policy": policy.state_dict(), "value": value_model.state_dict(),
+            rundir.save_checkpoint({"step": done, "iteration": done, "policy": policy.state_dict(), "value": value_model.state_dict(),
                                     "opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(),
                                     "sch_pi": sch_pi.state_dict(), "sch_v": sch_v.state_dict(), "rng": rng_state(),
                                     "kl_coef": kl_coef, "best": best, "best_state": best_state,
@@ -288,13 +296,16 @@ def run(cfg: PPOConfig) -> dict:
     return metrics
 
 
-def _value_model(path: str):
-    """The value model: the reward model's architecture and weights, scalar head per token, on the
-    RM's normalised scale (InstructGPT initialises it from the RM)."""
-    from instructkit.reward import load_reward_model
+def _value_model(path: str, policy_tok, policy_path: str):
+    """The value model: the reward model's architecture and weights, a scalar head read at every
+    token, on the RM's normalised scale (InstructGPT initialises it from the RM). It reads the
+    policy's token ids, so it must share the policy's tokenizer."""
+    from instructkit.reward import check_same_tokenizer, load_reward_model
 
-    rm = load_reward_model(path)
-    return rm.model, (rm.gain, rm.bias)
+    model, tok, meta = load_reward_model(path)
+    check_same_tokenizer(tok, policy_tok, policy_path, field="value_model")
+    norm = meta.get("normalization") or {}
+    return model, (float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0)))
 
 
 def _alarms(record: dict, cfg: PPOConfig) -> list[str]:
@@ -302,8 +313,8 @@ def _alarms(record: dict, cfg: PPOConfig) -> list[str]:
     bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         out.append(f"non-finite {', '.join(bad)}")
-    if record["kl"] < -1e-3:
-        out.append(f"negative mean KL {record['kl']:.4f} (sampling and training log-probs disagree?)")
+    if record["kl"] + 2 * record["kl_se"] < 0:  # below zero by more than sampling noise
+        out.append(f"negative mean KL {record['kl']:.4f} ± {record['kl_se']:.4f} (sampling and training log-probs disagree?)")
     if record["response_length"] >= 0.95 * cfg.max_new_tokens and record["eos_rate"] < 0.5:
         out.append(f"runaway length: mean {record['response_length']:.1f} of {cfg.max_new_tokens}, "
                    f"{record['eos_rate']:.0%} end with EOS")
