@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from instructkit import config as C
-from instructkit.errors import EXIT_INPUT, InputError
+from instructkit.errors import EXIT_INPUT, AlreadyComplete, InputError
+from instructkit.stages.importer import ImportConfig
 
 # command -> (config class, module with run(cfg), positional argument names, one-line summary)
 COMMANDS = {
@@ -17,15 +18,23 @@ COMMANDS = {
     "sample": (C.SampleConfig, "instructkit.stages.sample", ["model"], "sample completions for a prompts file"),
     "rm": (C.RMConfig, "instructkit.stages.rm", [], "reward model on K-way rankings (pairs and ratings too)"),
     "rm-eval": (C.RMEvalConfig, "instructkit.stages.rm_eval", ["model"], "evaluate a reward model on rankings"),
-    "score": (C.ScoreConfig, "instructkit.stages.score", ["model"], "score prompt/completion records with a reward model"),
+    "score": (C.ScoreConfig, "instructkit.stages.score", ["model", "input"], "score prompt/completion records with a reward model"),
     "ppo": (C.PPOConfig, "instructkit.stages.ppo", [], "PPO / PPO-ptx against a reward model"),
+    "eval": (C.EvalConfig, "instructkit.evaluate.run", [], "win rates with intervals, behaviour rates, alignment tax"),
+    "report": (C.ReportConfig, "instructkit.evaluate.report", ["run"], "HTML report + summary.json of a pipeline run"),
     "bon": (C.BoNConfig, "instructkit.stages.bon", ["model"], "best-of-n sampling with a reward model"),
     "dpo": (C.DirectConfig, "instructkit.stages.direct", [], "direct preference optimisation: --loss dpo|cdpo|ipo|slic|kto|orpo"),
+    "import": (ImportConfig, "instructkit.stages.importer", ["format"], "convert HH-RLHF, TRL or rating JSONL into contract records"),
 }
+# flags whose field name differs (a Python keyword cannot be a field): command -> {flag: field}
+FLAG_ALIASES = {"import": {"in": "input"}, "score": {"in": "input"}}
 # commands with their own argument parsing: name -> (module, summary)
 DELEGATED = {
     "world": ("instructkit.sandbox.cli", "the sandbox world: build | label | report"),
+    "label": ("instructkit.feedback.cli", "the labeling app: serve | user | project | import | generate | export"),
+    "demo": ("instructkit.pipeline:demo_main", "the whole pipeline on the built-in sandbox, with its report"),
     "pipeline": ("instructkit.pipeline", "run a pipeline config's stages in order, resuming and skipping"),
+    "serve": ("instructkit.serve.cli", "OpenAI-compatible API + playground: serve MODEL_DIR [--port] [--model NAME=DIR]"),
 }
 
 
@@ -57,9 +66,10 @@ def split_args(argv: list[str], positional: list[str]) -> tuple[str | None, list
                 config_path = argv[i + 1]
                 i += 1
         elif a.startswith("--"):
-            key = a[2:].replace("-", "_")
-            if "=" in key:
-                overrides.append(key)
+            key, eq, value = a[2:].partition("=")
+            key = key.replace("-", "_")  # in the key only: --data.train=my-file.jsonl keeps its hyphen
+            if eq:
+                overrides.append(f"{key}={value}")
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 overrides.append(f"{key}={argv[i + 1]}")
                 i += 1
@@ -78,25 +88,38 @@ def split_args(argv: list[str], positional: list[str]) -> tuple[str | None, list
 def run_command(name: str, argv: list[str]) -> int:
     cls, module, positional, _ = COMMANDS[name]
     config_path, overrides, want_help = split_args(argv, positional)
+    aliases = FLAG_ALIASES.get(name, {})
+    for i, text in enumerate(overrides):
+        key, _, value = text.partition("=")
+        if key in aliases:
+            overrides[i] = f"{aliases[key]}={value}"
     if want_help:
         print(f"usage: instructkit {name} {' '.join(p.upper() for p in positional)} [--config FILE.yaml] [key=value ...]\n")
         print(C.help_text(cls))
         return 0
     cfg = C.load_config(cls, config_path, overrides)
     out = Path(cfg.out) if getattr(cfg, "out", "") else None
-    existed = out.exists() if out else True
+    created = _first_missing(out) if out else None  # what this run creates, parents included
     try:
         importlib.import_module(module).run(cfg)
     except InputError:
-        if out is not None and not existed and out.is_dir():
-            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        if created is not None and created.is_dir():
+            shutil.rmtree(created, ignore_errors=True)  # nothing half-written
         raise
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from instructkit.run import AlreadyComplete
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None if `path` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -106,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in COMMANDS:
             return run_command(name, rest)
         if name in DELEGATED:
-            return int(importlib.import_module(DELEGATED[name][0]).main(rest) or 0)
+            module, _, func = DELEGATED[name][0].partition(":")
+            return int(getattr(importlib.import_module(module), func or "main")(rest) or 0)
         raise InputError(f"unknown command {name!r}\n\n{usage()}")
     except InputError as e:
         print(f"instructkit: error: {e.format()}", file=sys.stderr)

@@ -198,12 +198,15 @@ def _build(cls, values: dict, prefix: str, source: str | None):
     for f in fields(cls):
         full = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in values:
-            if is_dataclass(hints[f.name]) and isinstance(values[f.name], dict):
+            value = values[f.name]
+            if isinstance(value, _Override):
+                value = value.for_type(hints[f.name])
+            if is_dataclass(hints[f.name]) and isinstance(value, dict):
                 base = to_dict(getattr(default, f.name))
-                merged = _deep_merge(base, values[f.name])
+                merged = _deep_merge(base, value)
                 kwargs[f.name] = _build(hints[f.name], merged, full, source)
             else:
-                kwargs[f.name] = _coerce(values[f.name], hints[f.name], full, source)
+                kwargs[f.name] = _coerce(value, hints[f.name], full, source)
     return dataclasses.replace(default, **kwargs)
 
 
@@ -212,6 +215,20 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class _Override(str):
+    """A command-line value as typed, with its YAML reading. A string field takes the text verbatim
+    (YAML would read `out=2024-01-01` as a date and `model=0755` as octal); other fields the YAML."""
+
+    def __new__(cls, raw: str, parsed: Any):
+        self = super().__new__(cls, raw)
+        self.parsed = parsed
+        return self
+
+    def for_type(self, tp) -> Any:
+        verbatim = tp is str or (get_origin(tp) is Literal and all(isinstance(a, str) for a in get_args(tp)))
+        return str(self) if verbatim else self.parsed
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -253,6 +270,8 @@ def load_config(cls, path: str | None = None, overrides: list[str] | tuple = (),
         if not isinstance(loaded, dict):
             raise InputError("expected a mapping at the top level", path=source)
         values = loaded
+    if overrides:
+        _build(cls, copy.deepcopy(values), "", source)  # a problem in the file names the file
     for text in overrides:
         keys, value = parse_override(text)
         node = values
@@ -260,8 +279,8 @@ def load_config(cls, path: str | None = None, overrides: list[str] | tuple = (),
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise InputError("cannot set a sub-field of a scalar", field=".".join(keys))
-        node[keys[-1]] = value
-    return _build(cls, values, "", source if not overrides else (source or "command line"))
+        node[keys[-1]] = _Override(text.split("=", 1)[1], value)
+    return _build(cls, values, "", "command line" if overrides else source)
 
 
 def to_dict(cfg) -> dict:
@@ -415,6 +434,8 @@ class RMNormalize:
 class RMEval:
     agreement: float = F(0.0, "labelers' pairwise agreement on this data (the accuracy ceiling); 0 = unknown "
                               "(records may carry their own `agreement`)")
+    gold: str = F("", "scorer whose utilities give the gold ordering, e.g. 'sandbox:WORLD_DIR'; empty = the "
+                      "records' `gold_ranks` if any")
     bins: int = F(5, "calibration buckets of predicted probability over [0.5, 1]")
     batch_size: int = F(64, "sequences per scoring forward pass")
 
@@ -453,6 +474,8 @@ class RMEvalConfig:
     model: str = F("", "reward model directory (required)")
     data: str = F("", "rankings JSONL (required)")
     agreement: float = F(0.0, "labelers' pairwise agreement (the ceiling); 0 = unknown or per-record `agreement`")
+    gold: str = F("", "scorer whose utilities give the gold ordering, e.g. 'sandbox:WORLD_DIR'; empty = the "
+                      "records' `gold_ranks` if any")
     bins: int = F(5, "calibration buckets of predicted probability over [0.5, 1]")
     batch_size: int = F(64, "sequences per scoring forward pass")
     out: str = F("", "optional JSON file for the full report")
@@ -524,7 +547,8 @@ class DirectConfig(StageConfig):
                     "undesirable (worst rank) examples")
     epochs: int = F(3, "passes over the preference data")
     batch_size: int = F(16, "prompts per optimiser step, each with all its completions (kto: examples)")
-    group_by_length: bool = F(True, "batch prompts of similar length together (less padding; order still seeded)")
+    group_by_length: bool = F(False, "batch prompts of similar length together: less padding, but length-homogeneous "
+                                     "batches learned less (held-out) in benchmarks/direct.py and saved no CPU time there")
     dropout: float = F(0.0, "dropout while training (off, as in TRL: policy and reference log-probs must compare)")
     optim: OptimConfig = F(OptimConfig(lr=2e-5, warmup_steps=10),
                            "optimiser: warm-up then cosine to 10%. DPO used 5e-7 at 6.9B; sandbox-sized models "
@@ -533,3 +557,33 @@ class DirectConfig(StageConfig):
     ref_cache: str = F("", "directory for cached reference log-probs; empty = $INSTRUCTKIT_CACHE/ref_logps "
                            "(default ~/.cache/instructkit/ref_logps)")
     log_every: int = F(1, "log metrics every N optimiser steps")
+
+
+@dataclass
+class EvalConfig(StageConfig):
+    """Evaluation as InstructGPT did it: win rate against a baseline with 95% intervals, judged by a
+    held-out panel (sandbox), a reward model, or human comparisons; Likert; Table 3 metadata; the
+    sandbox's behaviour rates; the alignment tax."""
+    models: list[str] = F([], "models as NAME=DIR, or NAME=DIR@T to sample at temperature T (required)")
+    baseline: str = F("", "the NAME every model is compared with (required)")
+    prompts: str = F("", "held-out prompts JSONL (required)")
+    world: str = F("", "sandbox world directory: enables the panel judge, behaviour rates and alignment tax")
+    judge: str = F("panel", "panel (sandbox held-out labelers) | gold | rm:DIR | human:FILE (labeling-app comparisons)")
+    template: TemplateConfig = F(TemplateConfig(), "prompt template")
+    n_prompts: int = F(0, "use only the first N prompts; 0 = all")
+    max_new_tokens: int = F(32, "response length limit")
+    temperature: float = F(1.0, "default sampling temperature (per model: NAME=DIR@T)")
+    alignment_tax: bool = F(True, "held-out pretraining loss and few-shot answer-key accuracy (needs `world`)")
+    batch_size: int = F(64, "prompts per sampling batch")
+
+
+@dataclass
+class ReportConfig(StageConfig):
+    """The self-contained HTML report (PNG plots inline) and summary.json of a pipeline run."""
+    run: str = F("", "pipeline output root holding the stage directories (required)")
+    stages: list[str] = F(["pretrain", "sft", "rm", "ppo", "ppo_ptx", "dpo"], "stage directories whose training curves are plotted (missing ones are skipped)")
+    eval: str = F("eval", "the eval stage's directory name under `run`")
+    bon: str = F("bon.jsonl", "the best-of-n output under `run` (its .summary.json holds the curve)")
+    ppo: list[str] = F(["ppo", "ppo_ptx"], "PPO stage directories for reward/KL and over-optimisation plots")
+    world_report: str = F("world_report.json", "labeler agreement measured by `world report`, under `run`")
+    samples: int = F(8, "side-by-side sample prompts shown")

@@ -5,6 +5,10 @@ from __future__ import annotations
 EXIT_INPUT = 2
 
 
+class AlreadyComplete(Exception):
+    """The output directory already holds a finished run of this stage (not an error: exit 0)."""
+
+
 class InputError(Exception):
     """A problem with what the user gave us: a file, a record, a config value."""
 

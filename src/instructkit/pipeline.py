@@ -1,7 +1,8 @@
 """`instructkit pipeline CONFIG`: stages run in order, each skipped when its output is complete.
 
 A pipeline file names an output root and a list of stages; each stage is any instructkit command
-with its arguments. String values may use `{out}` (the root) and `{name}` for any earlier stage's
+with its arguments (its `out` defaults to ROOT/NAME; `output:` names the result of a command that
+writes elsewhere, for the completeness check; stages sharing a `group` run side by side). String values may use `{out}` (the root) and `{name}` for any earlier stage's
 output (e.g. `model: "{sft}"`). Nothing passes between stages in memory: every arrow is a path."""
 from __future__ import annotations
 
@@ -61,8 +62,11 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
         if not isinstance(s, dict) or "name" not in s or "command" not in s:
             raise InputError("each stage needs `name` and `command`", path=str(p), field=where)
         args = _format(s.get("args") or {}, names, f"{where}.args")
-        out = args.get("out") or f"{names['out']}/{s['name']}"
-        args["out"] = out
+        if "output" in s:  # a command whose result is not written to `out` (e.g. world report --json F)
+            out = _format(str(s["output"]), names, f"{where}.output")
+        else:
+            out = args.get("out") or f"{names['out']}/{s['name']}"
+            args["out"] = out
         names[s["name"]] = out
         stages.append(Stage(s["name"], s["command"], args, out, s.get("group")))
     return names["out"], stages

@@ -23,14 +23,10 @@ import numpy as np
 import torch
 
 from instructkit.data.jsonl import append_jsonl, write_json
-from instructkit.errors import InputError
+from instructkit.errors import AlreadyComplete, InputError  # noqa: F401  (AlreadyComplete re-exported)
 
 # Fields that may differ between a killed run and its resumption.
 RESUME_FREE_FIELDS = {"threads", "overwrite", "log_every"}
-
-
-class AlreadyComplete(Exception):
-    """The output directory already holds a finished run of this stage."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -38,7 +34,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
-        if f.name in ("metrics.jsonl",) or "checkpoint" in f.parts:
+        inside = f.relative_to(p).parts if p.is_dir() else ()  # not the absolute path: /x/checkpoint/model
+        if f.name in ("metrics.jsonl",) or any(part.startswith("checkpoint") for part in inside):
             continue
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -96,6 +93,8 @@ class RunDir:
                 raise InputError("holds an unfinished run with a different config or data; pass overwrite=true "
                                  "to start over", path=str(self.out))
             state_file = self.ckpt / "state.pt"
+            if not state_file.exists():  # killed between save_checkpoint's two renames
+                state_file = self.out / "checkpoint.old" / "state.pt"
             if state_file.exists():
                 state = torch.load(state_file, map_location="cpu", weights_only=False)
                 self._truncate_metrics(state["step"])
@@ -134,6 +133,8 @@ class RunDir:
         torch.save(state, tmp / "state.pt")
         old = self.out / "checkpoint.old"
         if self.ckpt.exists():
+            if old.exists():  # left by a kill during the previous save; os.replace cannot overwrite it
+                shutil.rmtree(old)
             os.replace(self.ckpt, old)
         os.replace(tmp, self.ckpt)
         if old.exists():

@@ -37,9 +37,10 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                # a byte-order mark may open the file; the newline is cut so JSON errors get the right column
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                raise InputError(f"not valid UTF-8 (byte {e.start})", path=str(p), line=lineno) from None
+                raise InputError(f"not valid UTF-8 (byte {e.start} of the line)", path=str(p), line=lineno) from None
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:

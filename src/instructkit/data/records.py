@@ -5,6 +5,7 @@ record or raises InputError naming the file, line and field. Field names follow 
 has one. Unknown extra fields are kept in `meta` (sandbox task ids, labeler names, ...)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +138,7 @@ def parse_ranking(obj: dict, path: str, line: int) -> Ranking:
                    line, "ranks")
     likert = obj.get("likert")
     if likert is not None and (not isinstance(likert, list) or len(likert) != len(completions) or not all(
-            isinstance(s, int) and 1 <= s <= 7 for s in likert)):
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 7 for s in likert)):
         raise _err(f"expected {len(completions)} integers from 1 to 7", path, line, "likert")
     flags = obj.get("flags")
     if flags is not None and (not isinstance(flags, list) or len(flags) != len(completions)
@@ -168,8 +169,8 @@ def parse_rating(obj: dict, path: str, line: int) -> Ranking:
     completions = _str_list(obj, "completions", path, line, min_len=2)
     scores = obj.get("scores")
     if (not isinstance(scores, list) or len(scores) != len(completions)
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
-        raise _err(f"expected {len(completions)} numbers (one per completion)", path, line, "scores")
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+        raise _err(f"expected {len(completions)} finite numbers (one per completion)", path, line, "scores")
     return Ranking(prompt, completions, scores_to_ranks(scores),
                    meta=_extra(obj, {"prompt", "completions", "scores"}))
 

@@ -129,6 +129,16 @@ def use_fast_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
+def max_positions(model) -> int | None:
+    """The longest sequence the model accepts (GPT-2's learned position table fails with an
+    IndexError past it); None when the config does not say."""
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(model.config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
     """Set every dropout probability (modules and the config fields attention code reads)."""
     for m in model.modules():

@@ -10,8 +10,8 @@ from instructkit import data as datalib
 from instructkit.config import PretrainConfig
 from instructkit.data.encode import encode_text, pack_texts
 from instructkit.errors import InputError
-from instructkit.models import (count_parameters, load_causal_lm, load_tokenizer, new_model, save_model,
-                                set_threads, train_tokenizer)
+from instructkit.models import (count_parameters, load_causal_lm, load_tokenizer, max_positions, new_model,
+                                save_model, set_threads, train_tokenizer)
 from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
                              seed_everything, set_rng_state)
 
@@ -38,8 +38,13 @@ def run(cfg: PretrainConfig) -> dict:
     # Validate every input before anything is written.
     train_docs = [t.text for t in datalib.load(cfg.data.train, "text")]
     val_docs = [t.text for t in datalib.load(cfg.data.val, "text")] if cfg.data.val else []
+    if not cfg.model and cfg.seq_len > cfg.init.max_len:
+        raise InputError(f"seq_len {cfg.seq_len} exceeds init.max_len {cfg.init.max_len}", field="seq_len")
     if cfg.model:
         model, tok = load_causal_lm(cfg.model)
+        limit = max_positions(model)
+        if limit and cfg.seq_len > limit:
+            raise InputError(f"seq_len {cfg.seq_len} exceeds the model's {limit} positions", field="seq_len")
     else:
         tok = load_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else None
     rundir = RunDir(cfg.out, "pretrain", cfg, {"data.train": cfg.data.train, "data.val": cfg.data.val,
@@ -49,8 +54,6 @@ def run(cfg: PretrainConfig) -> dict:
     if not cfg.model:
         if tok is None:  # train once; a resumed run reloads the very same tokenizer from `out`
             tok = load_tokenizer(cfg.out) if state else train_tokenizer(train_docs, cfg.tokenizer.vocab_size)
-        if cfg.seq_len > cfg.init.max_len:
-            raise InputError(f"seq_len {cfg.seq_len} exceeds init.max_len {cfg.init.max_len}", field="seq_len")
         model = new_model(cfg.init, tok, seed=cfg.seed)
     tok.save_pretrained(cfg.out)
 
@@ -64,20 +67,19 @@ def run(cfg: PretrainConfig) -> dict:
 
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    start = 0
+    start, loss_ema = 0, None
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start = state["step"]
+        start, loss_ema = state["step"], state.get("loss_ema")  # train_loss as if never interrupted
         print(f"pretrain: resuming from step {start}")
 
     per_epoch = max(1, len(blocks) // cfg.batch_size)
     model.train()
     bar = progress(cfg.max_steps, start, "pretrain")
     t0, tokens = time.time(), 0
-    loss_ema = None
     for step in range(start, cfg.max_steps):
         epoch, i = divmod(step, per_epoch)
         order = epoch_permutation(cfg.seed, epoch, len(blocks))
@@ -100,7 +102,7 @@ def run(cfg: PretrainConfig) -> dict:
             rundir.log(done, **record, tokens_per_s=tokens / max(1e-9, time.time() - t0))
         if done % cfg.save_every == 0 and done < cfg.max_steps:
             rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "rng": rng_state()})
+                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "loss_ema": loss_ema})
     bar.close()
     metrics = {"train_loss": loss_ema, "tokens_per_s": tokens / max(1e-9, time.time() - t0)}
     if val_blocks is not None:

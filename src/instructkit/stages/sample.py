@@ -4,12 +4,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from instructkit import data as datalib
 from instructkit.config import SampleConfig
-from instructkit.data.encode import render_prompt
-from instructkit.data.jsonl import write_jsonl
+from instructkit.data.encode import encode_text, render_prompt
+from instructkit.data.jsonl import iter_json_lines, write_jsonl
+from instructkit.data.records import parse_prompt
 from instructkit.errors import InputError
-from instructkit.models import load_causal_lm, set_threads
+from instructkit.models import load_causal_lm, max_positions, set_threads
 
 
 def run(cfg: SampleConfig) -> dict:
@@ -23,10 +23,16 @@ def run(cfg: SampleConfig) -> dict:
         raise InputError("expected a file path for the output, found a directory", path=cfg.out)
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.n < 1 or cfg.max_new_tokens < 1:
         raise InputError("need temperature >= 0, 0 < top_p <= 1, n >= 1, max_new_tokens >= 1", field="temperature")
-    prompts = datalib.load(cfg.prompts, "prompt")
+    lines, prompts = zip(*[(line, parse_prompt(obj, cfg.prompts, line)) for line, obj in iter_json_lines(cfg.prompts)])
     model, tok = load_causal_lm(cfg.model)
     model.eval()
     texts = [render_prompt(p.prompt, tok, cfg.template) for p in prompts]
+    limit = max_positions(model)
+    for line, text in zip(lines, texts):  # past its position limit a model fails deep inside (GPT-2: IndexError)
+        n = len(encode_text(tok, text)) if limit else 0
+        if limit and n + cfg.max_new_tokens > limit:
+            raise InputError(f"prompt is {n} tokens; with max_new_tokens={cfg.max_new_tokens} that exceeds the "
+                             f"model's {limit} positions", path=cfg.prompts, line=line, field="prompt")
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             top_k=cfg.top_k)
     t0 = time.time()

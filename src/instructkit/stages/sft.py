@@ -15,7 +15,7 @@ from instructkit import data as datalib
 from instructkit.config import SFTConfig
 from instructkit.data.encode import collate_right, encode_demonstrations, render_prompt
 from instructkit.errors import InputError
-from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
+from instructkit.models import count_parameters, load_causal_lm, max_positions, save_model, set_dropout, set_threads
 from instructkit.run import (RunDir, epoch_batches, make_optimizer, make_scheduler, progress, rng_state,
                              seed_everything, set_rng_state)
 
@@ -80,10 +80,11 @@ def run(cfg: SFTConfig) -> dict:
     model, tok = load_causal_lm(cfg.model, dropout=cfg.dropout)
     select_prompts = [render_prompt(p, tok, cfg.template) for p in select_prompts]
 
-    encoded = encode_demonstrations(demos, tok, cfg.template, cfg.data.max_len)
+    max_len = min(cfg.data.max_len, max_positions(model) or cfg.data.max_len)  # past it GPT-2 cannot index
+    encoded = encode_demonstrations(demos, tok, cfg.template, max_len)
     examples = [e for e, _ in encoded]
     n_trunc = sum(t for _, t in encoded)
-    val_examples = [e for e, _ in encode_demonstrations(val_demos, tok, cfg.template, cfg.data.max_len)]
+    val_examples = [e for e, _ in encode_demonstrations(val_demos, tok, cfg.template, max_len)]
     lengths = [len(e.input_ids) for e in examples]
 
     rundir = RunDir(cfg.out, "sft", cfg, {"model": cfg.model, "data.train": cfg.data.train,
@@ -94,23 +95,24 @@ def run(cfg: SFTConfig) -> dict:
     total = cfg.epochs * per_epoch
     every = cfg.select.every or per_epoch
     print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} demonstrations "
-          f"({n_trunc} truncated to {cfg.data.max_len} tokens), {cfg.epochs} epochs = {total} steps x "
+          f"({n_trunc} truncated to {max_len} tokens), {cfg.epochs} epochs = {total} steps x "
           f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}")
 
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total)
-    start, best, best_state = 0, None, None
+    start, best, best_state, loss_ema = 0, None, None, None
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best, best_state = state["step"], state["best"], state["best_state"]
+        loss_ema = state.get("loss_ema")  # so the reported train_loss is the uninterrupted run's
         print(f"sft: resuming from step {start}")
 
     model.train()
     bar = progress(total, start, "sft")
-    t0, tokens, loss_ema, batches = time.time(), 0, None, None
+    t0, tokens, batches = time.time(), 0, None
     for step in range(start, total):
         epoch, i = divmod(step, per_epoch)
         if i == 0 or batches is None:
@@ -145,7 +147,7 @@ def run(cfg: SFTConfig) -> dict:
         if done % cfg.save_every == 0 and done < total:
             rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
-                                    "best_state": best_state})
+                                    "best_state": best_state, "loss_ema": loss_ema})
     bar.close()
     selected = total
     if best_state is not None:
