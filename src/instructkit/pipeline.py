@@ -41,6 +41,13 @@ def _format(value, names: dict, where: str):
     return value
 
 
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[Stage]]:
     p = Path(path)
     if not p.is_file():
@@ -53,7 +60,10 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
                          line=mark.line + 1 if mark else None) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw.get("out"):
         raise InputError("expected a mapping with `out` and a list of `stages`", path=str(p))
-    raw.update(overrides or {})
+    overrides = dict(overrides or {})
+    raw["vars"] = {**(raw.get("vars") or {}), **overrides.pop("vars", {})}
+    stage_args = overrides.pop("stage_args", {})  # {stage name: {arg: value}}, merged into that stage's args
+    raw.update(overrides)
     names = {"out": str(raw["out"]), **{k: str(v) for k, v in (raw.get("vars") or {}).items()}}
     names = {k: v.format(**names) if k != "out" else v for k, v in names.items()}
     stages = []
@@ -61,7 +71,7 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
         where = f"stages[{i}]"
         if not isinstance(s, dict) or "name" not in s or "command" not in s:
             raise InputError("each stage needs `name` and `command`", path=str(p), field=where)
-        args = _format(s.get("args") or {}, names, f"{where}.args")
+        args = _format(_deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args")
         if "output" in s:  # a command whose result is not written to `out` (e.g. world report --json F)
             out = _format(str(s["output"]), names, f"{where}.output")
         else:
