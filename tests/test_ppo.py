@@ -169,3 +169,33 @@ def test_kl_bound_formula():
     assert kl_bound(1) == 0.0
     assert kl_bound(2) == pytest.approx(math.log(2) - 0.5)
     assert kl_bound(64) == pytest.approx(4.158883 - 0.984375, abs=1e-6)
+
+
+def test_reward_hacking_detector_on_synthetic_trace():
+    from instructkit.stages.ppo import detect_hacking
+
+    # RM reward rises 0.1, 0.3, 0.6 while the judge falls 0.50, 0.45, 0.30: fires
+    hacked = [{"reward_rm": r, "eval_score": j, "kl": k} for r, j, k in ((0.1, 0.5, 1), (0.3, 0.45, 2), (0.6, 0.3, 3))]
+    assert any("RM reward rising" in m for m in detect_hacking(hacked, window=3))
+    # both rising: healthy
+    healthy = [{"reward_rm": r, "eval_score": j, "kl": 1.0} for r, j in ((0.1, 0.3), (0.3, 0.4), (0.6, 0.5))]
+    assert detect_hacking(healthy, window=3) == []
+    # KL slope 1 nat/iteration against a limit of 0.5 fires; against 2.0 it does not
+    assert any("KL" in m for m in detect_hacking(hacked, window=3, kl_slope_max=0.5))
+    assert not any("KL" in m for m in detect_hacking(hacked, window=3, kl_slope_max=2.0))
+    # too few evaluations: silent
+    assert detect_hacking(hacked[:2], window=3) == []
+
+
+def test_gate_blocks_a_bad_rm_and_passes_a_good_one(tmp_path):
+    from instructkit.errors import InputError
+    from instructkit.stages.ppo import check_gate
+
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    for d, gain in ((bad, -0.05), (good, 0.12)):
+        d.mkdir()
+        (d / "instructkit.json").write_text(json.dumps({"gates": {"bon_gain": gain, "bon_n": 8}}))
+    with pytest.raises(InputError, match="gate"):
+        check_gate(str(bad), required=True)
+    check_gate(str(bad), required=False)
+    check_gate(str(good), required=True)

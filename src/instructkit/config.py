@@ -392,6 +392,10 @@ class PPOConfig(StageConfig):
     gold: str = F("", "extra scorer logged next to the RM reward (the sandbox's gold), e.g. 'sandbox:WORLD'")
     select: Literal["best", "last"] = F("best", "output the best held-out checkpoint, or the last")
     stop_on_alarm: bool = F(True, "stop (keeping the last good checkpoint) on NaN/inf; warn on negative KL and runaway length")
+    hack_window: int = F(3, "reward-hacking detector: evaluations compared (RM reward rising while the held-out judge falls)")
+    kl_slope_max: float = F(0.0, "reward-hacking detector: warn when KL per response grows faster than this per iteration (0 = off)")
+    stop_on_hacking: bool = F(False, "stop when the reward-hacking detector fires (the best held-out checkpoint is kept)")
+    require_gate: bool = F(True, "refuse to start unless the RM's best-of-n gain on held-out prompts (in its instructkit.json) is above 0")
 
 
 @dataclass

@@ -78,6 +78,7 @@ def run(cfg: PPOConfig) -> dict:
 
     threads = set_threads(cfg.threads)
     _check(cfg)
+    check_gate(cfg.reward_model, cfg.require_gate)
     prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     eval_prompts = [p.prompt for p in datalib.load(cfg.eval_prompts, "prompt")][: cfg.eval_n] if cfg.eval_prompts else []
     ptx_docs = [t.text for t in datalib.load(cfg.ptx_data, "text")] if cfg.ptx_coef > 0 else []
@@ -135,6 +136,7 @@ def run(cfg: PPOConfig) -> dict:
     sample_gen = torch.Generator()
     bar = progress(iterations, start, "ppo")
     last = {}
+    history = _history(rundir)
     for it in range(start, iterations):
         t_it = time.time()
         sample_gen.manual_seed(cfg.seed * 7919 + it)
@@ -262,8 +264,16 @@ def run(cfg: PPOConfig) -> dict:
             if best is None or record["eval_score"] > best["score"]:
                 best = {"score": record["eval_score"], "iteration": done}
                 best_state = copy.deepcopy((ema_state or policy.state_dict()))
+        history.append(record)
+        hacking = detect_hacking(history, cfg.hack_window, cfg.kl_slope_max)
+        if hacking:
+            record["alarms"] = record.get("alarms", []) + hacking
+            warnings.warn(f"ppo iteration {done}: " + "; ".join(hacking))
         rundir.log(done, **record)
         last = record
+        if hacking and cfg.stop_on_hacking:
+            print("ppo: stopping on the reward-hacking detector; the best held-out checkpoint is kept")
+            break
         bar.update(1)
         bar.set_postfix(rm=f"{rm_mean:.3f}", kl=f"{mean_kl:.2f}", **({"gold": f"{gold_mean:.3f}"} if gold_mean is not None else {}))
         if done == start + 1:
@@ -306,6 +316,61 @@ def _value_model(path: str, policy_tok, policy_path: str):
     check_same_tokenizer(tok, policy_tok, policy_path, field="value_model")
     norm = meta.get("normalization") or {}
     return model, (float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0)))
+
+
+def _history(rundir) -> list[dict]:
+    """The metrics logged so far (a resumed run continues the detector's window)."""
+    import json
+    if not rundir.metrics_path.exists():
+        return []
+    return [json.loads(l) for l in rundir.metrics_path.read_text().splitlines() if l.strip()]
+
+
+def _slope(ys: list[float]) -> float:
+    """Least-squares slope of ys against 0, 1, 2, ..."""
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(ys) / n
+    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
+
+
+def detect_hacking(history: list[dict], window: int = 3, kl_slope_max: float = 0.0) -> list[str]:
+    """Reward-hacking signs in a PPO log (one dict per iteration): over the last `window` held-out
+    evaluations the training RM reward rises while the held-out judge falls; or KL per response
+    grows faster than `kl_slope_max` per iteration over the last `window` iterations."""
+    out = []
+    evals = [r for r in history if "eval_score" in r]
+    if window >= 2 and len(evals) >= window:
+        last = evals[-window:]
+        rm, judge = _slope([r["reward_rm"] for r in last]), _slope([r["eval_score"] for r in last])
+        if rm > 0 and judge < 0:
+            out.append(f"reward hacking: RM reward rising ({rm:+.4f}/eval) while the held-out judge falls "
+                       f"({judge:+.4f}/eval) over the last {window} evaluations")
+    if kl_slope_max > 0 and len(history) >= max(2, window):
+        slope = _slope([r["kl"] for r in history[-max(2, window):]])
+        if slope > kl_slope_max:
+            out.append(f"reward hacking: KL per response growing {slope:.3f} nats/iteration (limit {kl_slope_max})")
+    return out
+
+
+def check_gate(rm_dir: str, required: bool) -> None:
+    """InstructGPT's RM has to be ahead of the policy: refuse PPO when the RM's best-of-n pick is no
+    better than a random sample by the held-out judge (the gate `instructkit rm` stores)."""
+    import json
+    from pathlib import Path
+
+    meta_file = Path(rm_dir) / "instructkit.json"
+    gates = json.loads(meta_file.read_text()).get("gates", {}) if meta_file.exists() else {}
+    gain = gates.get("bon_gain")
+    if gain is None:
+        print(f"ppo: the reward model has no best-of-n gate figure ({meta_file}); not checked")
+        return
+    if gain <= 0 and required:
+        raise InputError(f"RM quality gate: its best-of-{gates.get('bon_n', 'n')} pick scores {gain:+.4f} against a "
+                         "random sample by the held-out judge (must be > 0): PPO would optimise noise. Collect more or "
+                         "fresher comparisons, or pass require_gate=false", path=str(meta_file), field="gates.bon_gain")
+    print(f"ppo: RM gate ok: best-of-{gates.get('bon_n', 'n')} gain {gain:+.4f}")
 
 
 def _alarms(record: dict, cfg: PPOConfig) -> list[str]:
