@@ -8,12 +8,12 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean system-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,report]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,report,app]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/instructkit demo
 
-test: $(STAMP)
+# Debian's chromium and postgresql for the labeling app's browser and PostgreSQL tests; quiet, and
+# skipped when both are present. Where apt-get cannot run, those tests skip and say why.
+system-deps:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "installing Debian packages:$$missing"; \
+	  ( $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing ) >/dev/null \
+	    || echo "warning: could not install$$missing; the browser / PostgreSQL tests will skip"; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests
 
 $(VENV)/.bench: $(STAMP)
