@@ -111,7 +111,7 @@ def run_stage(stage: Stage) -> None:
     elif words[0] in cli.DELEGATED:
         argv = words[1:]
         for k, v in _flatten(stage.args):
-            argv += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+            argv += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
         rc = importlib.import_module(cli.DELEGATED[words[0]][0]).main(argv)
         if rc:
             raise InputError(f"stage {stage.name!r} ({stage.command}) failed with exit code {rc}")
@@ -140,7 +140,7 @@ def run_parallel(batch: list[Stage], root: Path) -> None:
         else:
             argv = [sys.executable, "-m", "instructkit", *words]
             for k, v in _flatten(s.args):
-                argv += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+                argv += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
         procs.append((s, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                           env=env)))
 
