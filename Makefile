@@ -43,6 +43,10 @@ $(VENV)/.bench: $(STAMP)
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/sft.py
+	$(BIN)/python benchmarks/rm.py
+	$(BIN)/python benchmarks/direct.py
+	$(BIN)/python benchmarks/ppo.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -26,7 +26,7 @@ from instructkit.data.jsonl import append_jsonl, write_json
 from instructkit.errors import AlreadyComplete, InputError  # noqa: F401  (AlreadyComplete re-exported)
 
 # Fields that may differ between a killed run and its resumption.
-RESUME_FREE_FIELDS = {"threads", "overwrite", "log_every"}
+RESUME_FREE_FIELDS = {"threads", "overwrite", "log_every", "ref_cache"}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -173,8 +173,10 @@ def _plain(v):
 # ------------------------------------------------------------------ training helpers
 
 def make_optimizer(params, optim) -> torch.optim.Optimizer:
+    # fused: one kernel for the whole update (on CPU ~4x faster than the per-tensor loop)
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=optim.lr,
-                             betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
+                             betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay,
+                             fused=True)
 
 
 def lr_lambda(optim, total_steps: int):

@@ -112,8 +112,8 @@ def run(cfg: PPOConfig) -> dict:
           f"{cfg.minibatch}; beta {cfg.kl.coef}{' (adaptive)' if cfg.kl.adaptive else ''}; "
           f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}")
 
-    opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps)
+    opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+    opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps, fused=True)
     warm = lambda it: min(1.0, (it + 1) / max(1, cfg.warmup_iterations))  # noqa: E731 (constant after warm-up)
     sch_pi = torch.optim.lr_scheduler.LambdaLR(opt_pi, warm)
     sch_v = torch.optim.lr_scheduler.LambdaLR(opt_v, warm)
