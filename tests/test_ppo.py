@@ -31,7 +31,7 @@ def ppo_argv(chain, out, *extra):
     return ["ppo", f"policy={chain['sft']}", f"reward_model={chain['rm']}", f"prompts={w}/prompts/ppo.jsonl",
             f"eval_prompts={w}/prompts/eval.jsonl", "episodes=48", "rollout_batch=16", "minibatch=8",
             "ppo_epochs=2", "eval_every=2", "eval_n=16", f"gold=sandbox:{w}", f"eval_scorer=sandbox:{w}",
-            "lr=1e-4", "value_lr=1e-4", "warmup_iterations=1", f"out={out}", *extra]
+            "lr=1e-4", "value_lr=1e-4", "warmup_iterations=1", "require_gate=false", f"out={out}", *extra]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
