@@ -1,7 +1,8 @@
 """Scorers: functions (prompts, responses) -> scores, used to select checkpoints and to judge.
 
 Spec strings name them: 'sandbox:WORLD_DIR' is the sandbox's hidden gold utility; 'rm:RM_DIR' a
-trained reward model (normalised). Stages take a spec string so that configs stay plain YAML."""
+trained reward model (normalised); 'spec:SPEC.yaml' a behaviour spec's pass fraction; 'ai:JUDGE:CONSTITUTION.yaml'
+an AI judge's verdicts. Stages take a spec string so that configs stay plain YAML."""
 from __future__ import annotations
 
 from typing import Callable
@@ -47,3 +48,26 @@ def _reward_model(rm_dir: str) -> Scorer:
     def score(prompts, responses):
         return rm.score(prompts, responses)
     return score
+
+
+@register("spec")
+def _spec(spec_file: str) -> Scorer:
+    """A behaviour spec as a reward: the weighted fraction of the checks applying to the prompt that
+    pass (instructkit.feedback_ai.spec)."""
+    from instructkit.feedback_ai.spec import load_spec
+
+    return load_spec(spec_file).score
+
+
+@register("ai")
+def _ai_labeler(arg: str) -> Scorer:
+    """'ai:JUDGE:CONSTITUTION': an AI judge's verdict log-odds, weighted over the constitution's principles.
+    JUDGE is a model directory or an OpenAI-compatible URL (URL#NAME); verdicts are cached."""
+    from instructkit.feedback_ai.judge import AILabeler, VerdictCache, default_cache_dir, load_constitution, open_judge
+
+    judge_spec, sep, constitution = arg.rpartition(":")
+    if not sep or not judge_spec or not constitution:
+        raise InputError(f"expected 'ai:JUDGE:CONSTITUTION.yaml', got 'ai:{arg}'", field="scorer")
+    principles = load_constitution(constitution)
+    judge = open_judge(judge_spec)
+    return AILabeler(judge, principles, VerdictCache(default_cache_dir(), judge.id)).score
