@@ -71,3 +71,20 @@ def _ai_labeler(arg: str) -> Scorer:
     principles = load_constitution(constitution)
     judge = open_judge(judge_spec)
     return AILabeler(judge, principles, VerdictCache(default_cache_dir(), judge.id)).score
+
+
+def reward_function(spec_or_dir: str) -> Scorer:
+    """The reward a stage optimises: a reward-model directory, or any scorer spec ('spec:FILE',
+    'ai:JUDGE:CONSTITUTION', 'sandbox:WORLD' for an oracle experiment)."""
+    kind = spec_or_dir.partition(":")[0]
+    if kind in _FACTORIES and kind != "rm":
+        return get_scorer(spec_or_dir)
+    from instructkit.reward import RewardScorer
+
+    path = spec_or_dir[3:] if kind == "rm" else spec_or_dir
+    return RewardScorer.load(path).score
+
+
+def is_scorer_spec(value: str) -> bool:
+    kind = value.partition(":")[0]
+    return kind in _FACTORIES and kind != "rm"

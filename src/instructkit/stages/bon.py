@@ -25,7 +25,7 @@ def kl_bound(n: int) -> float:
 
 def run(cfg: BoNConfig) -> dict:
     from instructkit.generation import SamplingParams, generate_texts
-    from instructkit.reward import RewardScorer
+    from instructkit.scoring import reward_function
     from instructkit.scoring import get_scorer
 
     set_threads(cfg.threads)
@@ -37,7 +37,7 @@ def run(cfg: BoNConfig) -> dict:
     prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     model, tok = load_causal_lm(cfg.model)
     model.eval()
-    reward = RewardScorer.load(cfg.reward_model)
+    reward_fn = reward_function(cfg.reward_model)  # an RM directory, or a scorer spec such as spec:FILE
     gold = get_scorer(cfg.gold) if cfg.gold else None
     rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
@@ -45,7 +45,7 @@ def run(cfg: BoNConfig) -> dict:
     t0 = time.time()
     samples = [generate_texts(model, tok, rendered, params, batch_size=cfg.batch_size, seed=cfg.seed + k)
                for k in range(cfg.n)]  # n lists of len(prompts)
-    rm = torch.tensor([reward.score(prompts, s) for s in samples])  # (n, prompts)
+    rm = torch.tensor([reward_fn(prompts, s) for s in samples])  # (n, prompts)
     best = rm.argmax(0)  # (prompts,)
     records = [{"prompt": p, "completion": samples[int(best[i])][i], "score": float(rm[best[i], i]), "n": cfg.n}
                for i, p in enumerate(prompts)]

@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from instructkit import data as datalib
+from instructkit import distributed as D
 from instructkit import losses as L
 from instructkit.config import PPOConfig
 from instructkit.data.encode import encode_text, pack_texts, render_prompt
@@ -70,27 +71,40 @@ def _check(cfg: PPOConfig) -> None:
                          field="minibatch")
     if cfg.temperature <= 0:
         raise InputError("PPO samples: temperature must be > 0", field="temperature")
+    if cfg.minibatch < D.world_size():
+        raise InputError(f"minibatch ({cfg.minibatch}) must be at least the number of processes ({D.world_size()})",
+                         field="minibatch")
+    if cfg.dist.micro_batch_size:
+        raise InputError("PPO's unit of work is the minibatch: lower `minibatch` instead", field="dist.micro_batch_size")
+    if D.is_distributed() and cfg.dist.strategy == "fsdp" and cfg.ema > 0:
+        raise InputError("the weight EMA is not kept under dist.strategy=fsdp yet", field="ema")
 
 
 def run(cfg: PPOConfig) -> dict:
-    from instructkit.reward import RewardScorer
+    from instructkit.scoring import is_scorer_spec, reward_function
     from instructkit.scoring import get_scorer
 
     threads = set_threads(cfg.threads)
+    D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
     _check(cfg)
-    check_gate(cfg.reward_model, cfg.require_gate)
+    if is_scorer_spec(cfg.reward_model):
+        if not cfg.value_model:
+            raise InputError("a scorer reward (e.g. spec:FILE) has no value head: set value_model to a reward-model "
+                             "directory that shares the policy's tokenizer", field="value_model")
+    else:
+        check_gate(cfg.reward_model, cfg.require_gate)
     prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     eval_prompts = [p.prompt for p in datalib.load(cfg.eval_prompts, "prompt")][: cfg.eval_n] if cfg.eval_prompts else []
     ptx_docs = [t.text for t in datalib.load(cfg.ptx_data, "text")] if cfg.ptx_coef > 0 else []
 
     policy, tok = load_causal_lm(cfg.policy)
     reference, ref_tok = load_causal_lm(cfg.reference or cfg.policy)
-    reward = RewardScorer.load(cfg.reward_model)
+    reward_fn = reward_function(cfg.reward_model)  # an RM directory, or a scorer spec such as spec:FILE
     value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model, tok, cfg.policy)
     if ref_tok.get_vocab() != tok.get_vocab():
         raise InputError("the reference's tokenizer differs from the policy's", path=cfg.reference)
     gold = get_scorer(cfg.gold) if cfg.gold else None
-    judge = get_scorer(cfg.eval_scorer) if cfg.eval_scorer else reward.score
+    judge = get_scorer(cfg.eval_scorer) if cfg.eval_scorer else reward_fn
     for m in (policy, reference, value_model):
         set_dropout(m, 0.0)  # InstructGPT detail: no dropout in PPO (log-probs must match the sampler's)
     reference.eval().requires_grad_(False)
@@ -100,8 +114,8 @@ def run(cfg: PPOConfig) -> dict:
     eval_rendered = [render_prompt(p, tok, cfg.template) for p in eval_prompts]
     ptx_blocks = pack_texts([encode_text(tok, d) for d in ptx_docs], tok.eos_token_id, cfg.ptx_seq_len) if ptx_docs else None
 
-    rundir = RunDir(cfg.out, "ppo", cfg, {"policy": cfg.policy, "reward_model": cfg.reward_model,
-                                          "prompts": cfg.prompts, "ptx_data": cfg.ptx_data})
+    rundir = D.main_only(RunDir(cfg.out, "ppo", cfg, {"policy": cfg.policy, "reward_model": cfg.reward_model,
+                                                      "prompts": cfg.prompts, "ptx_data": cfg.ptx_data}))
     state = rundir.start()
     seed_everything(cfg.seed)
     iterations = max(1, cfg.episodes // cfg.rollout_batch)
@@ -110,7 +124,11 @@ def run(cfg: PPOConfig) -> dict:
     print(f"ppo: policy {count_parameters(policy) / 1e6:.2f}M, value {count_parameters(value_model) / 1e6:.2f}M; "
           f"{iterations} iterations x {cfg.rollout_batch} episodes, {cfg.ppo_epochs} epoch(s) of minibatch "
           f"{cfg.minibatch}; beta {cfg.kl.coef}{' (adaptive)' if cfg.kl.adaptive else ''}; "
-          f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}")
+          f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}"
+          + (f"; {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+
+    # DDP / FSDP2 under torchrun (the reference and the reward model are frozen: a copy per process)
+    policy_w, value_w = D.wrap(policy, cfg.dist), D.wrap(value_model, cfg.dist)
 
     opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
     opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps, fused=True)
@@ -122,10 +140,10 @@ def run(cfg: PPOConfig) -> dict:
     if cfg.ema > 0:
         ema_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     if state:
-        policy.load_state_dict(state["policy"])
-        value_model.load_state_dict(state["value"])
-        opt_pi.load_state_dict(state["opt_pi"])
-        opt_v.load_state_dict(state["opt_v"])
+        D.load_state_dict(policy_w, state["policy"])
+        D.load_state_dict(value_w, state["value"])
+        D.load_optimizer_state_dict(policy_w, opt_pi, state["opt_pi"])
+        D.load_optimizer_state_dict(value_w, opt_v, state["opt_v"])
         sch_pi.load_state_dict(state["sch_pi"])
         sch_v.load_state_dict(state["sch_v"])
         set_rng_state(state["rng"])
@@ -136,7 +154,7 @@ def run(cfg: PPOConfig) -> dict:
     sample_gen = torch.Generator()
     bar = progress(iterations, start, "ppo")
     last = {}
-    history = _history(rundir)
+    history = D.broadcast_object(_history(rundir) if D.is_main() else None)
     for it in range(start, iterations):
         t_it = time.time()
         sample_gen.manual_seed(cfg.seed * 7919 + it)
@@ -146,11 +164,14 @@ def run(cfg: PPOConfig) -> dict:
         idx = [order[(i * cfg.rollout_batch + j) % len(prompts)] for j in range(cfg.rollout_batch)]
         input_ids, attn = left_pad([prompt_ids[j] for j in idx], tok.pad_token_id)
         P = input_ids.shape[1]
+        lo, hi = D.shard_bounds(cfg.rollout_batch)  # this process's episodes (all of them without torchrun)
+        input_ids, attn, idx = input_ids[lo:hi], attn[lo:hi], idx[lo:hi]
         policy.eval()
-        gen = generate(policy, input_ids, attn, SamplingParams(max_new_tokens=cfg.max_new_tokens,
-                                                               temperature=cfg.temperature),
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=sample_gen,
-                       return_logprobs=True)
+        with D.gathered(policy_w), D.sample_rows(sample_gen, lo, hi, cfg.rollout_batch, cfg.max_new_tokens):
+            gen = generate(policy, input_ids, attn, SamplingParams(max_new_tokens=cfg.max_new_tokens,
+                                                                   temperature=cfg.temperature),
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=sample_gen,
+                           return_logprobs=True)
         seq = gen.sequences  # (B, P + N)
         mask = gen.response_mask.float()  # (B, N): up to and including the first EOS
         full_attn = torch.cat([attn, gen.response_mask.long()], dim=1)
@@ -161,16 +182,22 @@ def run(cfg: PPOConfig) -> dict:
         responses = tok.batch_decode(torch.where(gen.response_mask.bool() & (gen.response_ids != tok.eos_token_id),
                                                  gen.response_ids, tok.pad_token_id), skip_special_tokens=True)
         batch_prompts = [prompts[j] for j in idx]
-        scores = torch.tensor(reward.score(batch_prompts, responses), dtype=torch.float32)  # (B,)
+        # the rollout batch's scores from every process: reward statistics are global
+        scores = D.gather(torch.tensor(reward_fn(batch_prompts, responses), dtype=torch.float32))  # (B,)
+        ended_with_eos = D.gather(gen.ended_with_eos)  # (B,)
         rm_mean = scores.mean().item()
-        scores = apply_eos_penalty(scores, gen.ended_with_eos, cfg.missing_eos_penalty)
+        scores = apply_eos_penalty(scores, ended_with_eos, cfg.missing_eos_penalty)
         if cfg.scale_rewards:
             scores = scores / (scores.std() + 1e-8)
-        gold_mean = sum(gold(batch_prompts, responses)) / len(responses) if gold else None
-        with torch.no_grad():
+        gold_mean = D.all_reduce_sum(sum(gold(batch_prompts, responses))) / cfg.rollout_batch if gold else None
+        with torch.no_grad(), D.gathered(policy_w), D.gathered(value_w):
             old_logprobs, _ = response_logprobs(policy, seq, full_attn, P, cfg.temperature)
             ref_logprobs, _ = response_logprobs(reference, seq, full_attn, P, cfg.temperature)
             old_values = response_values(value_model, seq, full_attn, P, *value_norm)
+        # from here on every process holds the whole rollout batch, in its order: whitening, the KL
+        # controller and the minibatches see global statistics, exactly as one process would
+        seq, full_attn, mask, old_logprobs, ref_logprobs, old_values = (
+            D.gather(t) for t in (seq, full_attn, mask, old_logprobs, ref_logprobs, old_values))
         old_logprobs, ref_logprobs, old_values = old_logprobs * mask, ref_logprobs * mask, old_values * mask
         t_score = time.time() - t0
 
@@ -194,33 +221,44 @@ def run(cfg: PPOConfig) -> dict:
             perm = torch.randperm(cfg.rollout_batch, generator=sample_gen)
             for mb_start in range(0, cfg.rollout_batch, cfg.minibatch):
                 mb = perm[mb_start:mb_start + cfg.minibatch]
-                logprobs, entropy = response_logprobs(policy, seq[mb], full_attn[mb], P, cfg.temperature)
-                pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask[mb],
-                                                      cfg.clip_range)
-                loss = pg_loss
+                # this process's share of the minibatch (all of it without torchrun); the losses are means
+                # over response tokens, so each share counts by its tokens (ptx: by its sequences)
+                mine = D.shard(mb)
+                share = float(mask[mine].sum() / mask[mb].sum().clamp_min(1))
+                ptx = None
                 if ptx_per_step:
-                    # PPO-ptx: gamma * E_pretrain[log pi(x)] joins the same optimiser step
                     rows = torch.randint(len(ptx_blocks), (ptx_per_step,), generator=sample_gen)
-                    ptx = ptx_blocks[rows]
-                    ptx_loss = policy(input_ids=ptx, labels=ptx, use_cache=False).loss
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats.setdefault("ptx_loss", []).append(ptx_loss.item())
+                    ptx_rows = D.shard(rows)
+                    ptx_share = len(ptx_rows) / len(rows)
+                    ptx = ptx_blocks[ptx_rows if len(ptx_rows) else rows[:1]]
+                logprobs, entropy, ptx_loss = policy_w(lambda m: (
+                    *response_logprobs(m, seq[mine], full_attn[mine], P, cfg.temperature),
+                    m(input_ids=ptx, labels=ptx, use_cache=False).loss if ptx is not None else None))
+                pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mine], advantages[mine], mask[mine],
+                                                      cfg.clip_range)
+                loss = pg_loss * share
+                mb_stats = {"pg_loss": pg_loss, "entropy": L.masked_mean(entropy, mask[mine]), **pg_stats}
+                mb_stats = {k: float(v.detach()) * share for k, v in mb_stats.items()}
+                if ptx is not None:
+                    # PPO-ptx: gamma * E_pretrain[log pi(x)] joins the same optimiser step
+                    loss = loss + cfg.ptx_coef * ptx_loss * ptx_share
+                    mb_stats["ptx_loss"] = ptx_loss.item() * ptx_share
                 opt_pi.zero_grad(set_to_none=True)
-                loss.backward()
+                D.backward(loss, 1.0)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
                 opt_pi.step()
 
-                values = response_values(value_model, seq[mb], full_attn[mb], P, *value_norm)
-                v_loss, v_stats = L.ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], cfg.vf_clip)
+                values = value_w(lambda m: response_values(m, seq[mine], full_attn[mine], P, *value_norm))
+                v_loss, v_stats = L.ppo_value_loss(values, old_values[mine], returns[mine], mask[mine], cfg.vf_clip)
                 opt_v.zero_grad(set_to_none=True)
-                (cfg.vf_coef * v_loss).backward()
+                D.backward(cfg.vf_coef * v_loss * share, 1.0)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
                 opt_v.step()
-                for k, v in {"pg_loss": pg_loss, "vf_loss": v_loss, "entropy": L.masked_mean(entropy, mask[mb]),
-                             **pg_stats, **v_stats}.items():
-                    stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+                mb_stats.update({k: float(v.detach()) * share for k, v in {"vf_loss": v_loss, **v_stats}.items()})
+                for k, v in D.all_reduce_sum(mb_stats).items():  # token-weighted shares: the minibatch's means
+                    stats.setdefault(k, []).append(v)
         sch_pi.step()
         sch_v.step()
         if ema_state is not None:
@@ -242,7 +280,7 @@ def run(cfg: PPOConfig) -> dict:
             "reward_rm": rm_mean, "reward_total": (rewards * mask).sum(1).mean().item(),
             "kl": mean_kl, "kl_se": (kl_seq.std() / math.sqrt(len(kl_seq))).item(), "kl_k3": k3_seq.mean().item(),
             "kl_coef": kl_coef,
-            "response_length": mask.sum(1).mean().item(), "eos_rate": gen.ended_with_eos.float().mean().item(),
+            "response_length": mask.sum(1).mean().item(), "eos_rate": ended_with_eos.float().mean().item(),
             "explained_variance": float(L.explained_variance(old_values, returns, mask)),
             **{k: sum(v) / len(v) for k, v in stats.items()},
             "time_rollout": t_roll, "time_score": t_score, "time_train": t_train,
@@ -260,10 +298,11 @@ def run(cfg: PPOConfig) -> dict:
 
         # evaluate
         if eval_rendered and ((cfg.eval_every and done % cfg.eval_every == 0) or done == iterations):
-            record["eval_score"] = _evaluate(policy, tok, eval_prompts, eval_rendered, judge, cfg)
+            with D.gathered(policy_w):  # every process evaluates the same thing: the same choice
+                record["eval_score"] = _evaluate(policy, tok, eval_prompts, eval_rendered, judge, cfg)
             if best is None or record["eval_score"] > best["score"]:
                 best = {"score": record["eval_score"], "iteration": done}
-                best_state = copy.deepcopy((ema_state or policy.state_dict()))
+                best_state = copy.deepcopy((ema_state or D.state_dict(policy_w)))
         history.append(record)
         hacking = detect_hacking(history, cfg.hack_window, cfg.kl_slope_max)
         if hacking:
@@ -279,22 +318,26 @@ def run(cfg: PPOConfig) -> dict:
         if done == start + 1:
             print(f"\nppo: iteration time split: rollout {t_roll:.2f}s, scoring {t_score:.2f}s, training {t_train:.2f}s")
         if done % cfg.save_every == 0 and done < iterations:
-            rundir.save_checkpoint({"step": done, "iteration": done, "policy": policy.state_dict(), "value": value_model.state_dict(),
-                                    "opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(),
+            rundir.save_checkpoint({"step": done, "iteration": done, "policy": D.state_dict(policy_w),
+                                    "value": D.state_dict(value_w), "opt_pi": D.optimizer_state_dict(policy_w, opt_pi),
+                                    "opt_v": D.optimizer_state_dict(value_w, opt_v),
                                     "sch_pi": sch_pi.state_dict(), "sch_v": sch_v.state_dict(), "rng": rng_state(),
                                     "kl_coef": kl_coef, "best": best, "best_state": best_state,
                                     "ema_state": ema_state})
     bar.close()
 
     if cfg.select == "best" and best_state is not None:
-        policy.load_state_dict(best_state)
+        D.load_state_dict(policy_w, best_state)
         selected = best["iteration"]
     else:
         if ema_state is not None:
-            policy.load_state_dict(ema_state)
+            D.load_state_dict(policy_w, ema_state)
         selected = iterations
-    save_model(policy, tok, cfg.out)
-    value_model.save_pretrained(str(rundir.out / "value_model"), safe_serialization=True)
+    # fsdp: the whole models gathered on every process; otherwise the models themselves
+    policy, value_model = D.full_model(policy_w), D.full_model(value_w)
+    if D.is_main():
+        save_model(policy, tok, cfg.out)
+        value_model.save_pretrained(str(rundir.out / "value_model"), safe_serialization=True)
     metrics = {k: last.get(k) for k in ("reward_rm", "reward_gold", "kl", "kl_coef", "eos_rate", "response_length")
                if last.get(k) is not None}
     metrics["selected_iteration"] = selected

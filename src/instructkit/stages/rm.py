@@ -1,0 +1,276 @@
+"""Stage `rm`: a reward model on K-way rankings (InstructGPT §3.5).
+
+The SFT model with its LM head replaced by a scalar head. One batch element is one prompt with
+all its K completions: the K sequences of every prompt in the batch go through the model in one
+padded forward pass (sum of K rows, not 2 x C(K,2)), the scores are reshaped to (B, Kmax) with a
+validity mask (mixed K), and the loss is -1/P sum over the prompt's P ranked pairs of
+log sigmoid(r_w - r_l), ties dropped, then the mean over prompts. Shuffling the pairs of one prompt
+across batches overfits (paper §3.5); re-encoding every completion K-1 times is what makes the
+pairwise trainers slow. One epoch, cosine to 10%. After training, a bias (or gain and bias) is
+stored so that demonstrations (or reference samples) are normalised, and the model is evaluated
+on held-out rankings (see rm_eval)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from instructkit import data as datalib
+from instructkit.config import RMConfig
+from instructkit.data.encode import render_prompt
+from instructkit.errors import InputError
+from instructkit.losses import ranking_loss
+from instructkit.models import count_parameters, load_tokenizer, save_model, set_dropout, set_threads
+from instructkit.reward import (META_KEY, Normalization, check_same_tokenizer, collate_sequences,
+                                create_reward_model, encode_response, reward_scores, score_sequences,
+                                tokenizer_fingerprint, max_positions, quiet_transformers)
+from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
+                             seed_everything, set_rng_state)
+from instructkit.stages.rm_eval import (EncodedRanking, attach_gold, encode_rankings, evaluate, format_report, load_rankings,
+                                        rankable, score_rankings)
+
+
+# ---------------------------------------------------------------------------- batching
+
+def collate_rankings(items: list[EncodedRanking], pad_id: int) -> dict[str, torch.Tensor]:
+    """All completions of all prompts as one right-padded batch of N = sum K rows.
+    -> input_ids, attention_mask (N, T); ranks (B, Kmax) long; valid (B, Kmax) bool."""
+    B, kmax = len(items), max(len(it.seqs) for it in items)
+    ids, mask = collate_sequences([s for it in items for s in it.seqs], pad_id)  # (N, T)
+    ranks = torch.zeros((B, kmax), dtype=torch.long)
+    valid = torch.zeros((B, kmax), dtype=torch.bool)
+    for b, it in enumerate(items):
+        ranks[b, : len(it.ranks)] = torch.tensor(it.ranks)
+        valid[b, : len(it.ranks)] = True
+    return {"input_ids": ids, "attention_mask": mask, "ranks": ranks, "valid": valid}
+
+
+def ranking_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward pass over all N rows -> scores (B, Kmax); invalid slots hold 0."""
+    flat = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (N,)
+    # valid is row-major and each row's completions come first, the order of the flat rows
+    return torch.zeros(batch["valid"].shape, dtype=flat.dtype).masked_scatter(batch["valid"], flat)  # (B, Kmax)
+
+
+def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batch_size: int = 0) -> dict:
+    """Loss of one optimiser step's prompts, gradients accumulated. Every item has >= 1 ranked pair,
+    so the batch loss (mean over prompts) is the size-weighted sum of the micro-batch losses."""
+    if micro_batch_size and micro_batch_size < len(items):
+        # whole prompts per micro-batch; similar lengths together cut padding
+        order = sorted(range(len(items)), key=lambda i: max(len(s) for s in items[i].seqs))
+        chunks = [[items[i] for i in order[j:j + micro_batch_size]] for j in range(0, len(order), micro_batch_size)]
+    else:
+        chunks = [items]
+    loss_sum, correct, margin_sum, n_pairs, rows, tokens = 0.0, 0.0, 0.0, 0, 0, 0
+    for chunk in chunks:
+        batch = collate_rankings(chunk, pad_id)
+        scores = ranking_scores(model, batch)  # (b, Kmax)
+        loss, stats = ranking_loss(scores, batch["ranks"], batch["valid"])
+        (loss * (len(chunk) / len(items))).backward()
+        loss_sum += loss.item() * len(chunk)
+        correct += float(stats["accuracy"]) * stats["n_pairs"]
+        margin_sum += float(stats["margin"]) * stats["n_pairs"]
+        n_pairs += stats["n_pairs"]
+        rows += batch["input_ids"].shape[0]
+        tokens += int(batch["attention_mask"].sum())
+    return {"loss": loss_sum / len(items), "accuracy": correct / max(1, n_pairs), "margin": margin_sum / max(1, n_pairs),
+            "n_pairs": n_pairs, "rows": rows, "tokens": tokens}
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def split_by_prompt(rankings: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a share of the distinct prompts (all of a prompt's rankings on one side)."""
+    if fraction <= 0:
+        return rankings, []
+    prompts = sorted({r.prompt for r in rankings})
+    if len(prompts) < 2:
+        return rankings, []
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    perm = torch.randperm(len(prompts), generator=g).tolist()
+    n_val = min(len(prompts) - 1, max(1, round(len(prompts) * fraction)))
+    held = {prompts[i] for i in perm[:n_val]}
+    return [r for r in rankings if r.prompt not in held], [r for r in rankings if r.prompt in held]
+
+
+def normalization_texts(cfg: RMConfig, train_rankings: list) -> tuple[list, str]:
+    """-> ([(prompt, messages, completion)], source) the normalisation is fit on."""
+    if cfg.normalize.kind == "none":
+        return [], ""
+    path = cfg.normalize.data
+    if not path and cfg.normalize.kind == "demonstrations":
+        meta_file = Path(cfg.model) / "instructkit.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+            recorded = meta["inputs"]["data.train"]["path"] if meta.get("stage") == "sft" else ""
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            recorded = ""
+        if recorded and Path(recorded).is_file():
+            path = recorded
+    if path:
+        demos = datalib.load(path, "demonstration")
+        return [(d.prompt, d.messages[:-1] if d.messages else None, d.completion) for d in demos], path
+    if cfg.normalize.kind == "reference":
+        raise InputError("normalize.kind=reference needs normalize.data (reference samples, e.g. from "
+                         "`instructkit sample`)", field="normalize.data")
+    best = [(r.prompt, None, r.completions[r.ranks.index(min(r.ranks))]) for r in train_rankings]
+    return best, "top-ranked completions of data.train (no demonstrations given)"
+
+
+# ---------------------------------------------------------------------------- stage
+
+def run(cfg: RMConfig) -> dict:
+    threads = set_threads(cfg.threads)
+    for name, value in (("model", cfg.model), ("data.train", cfg.data.train)):
+        if not value:
+            raise InputError("missing required field", field=name)
+    for name, value in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size), ("data.max_len", cfg.data.max_len)):
+        if value < 1:
+            raise InputError("expected an integer >= 1", field=name)
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise InputError("expected a number in [0, 1)", field="data.val_fraction")
+    if cfg.micro_batch_size < 0 or cfg.eval.bins < 1 or cfg.eval.batch_size < 1:
+        raise InputError("expected micro_batch_size >= 0, eval.bins >= 1, eval.batch_size >= 1",
+                         field="micro_batch_size")
+    if not 0 <= cfg.eval.agreement <= 1:
+        raise InputError("expected a number from 0 to 1", field="eval.agreement")
+
+    # validate every input before the output directory exists
+    train_all, flagged, tied = rankable(load_rankings(cfg.data.train))
+    val_all, vflagged, vtied = rankable(load_rankings(cfg.data.val)) if cfg.data.val else ([], 0, 0)
+    if not train_all:
+        raise InputError("no record has a ranked pair (all not_rankable or tied)", path=cfg.data.train)
+    if cfg.data.val:
+        train, val = train_all, val_all
+    else:
+        train, val = split_by_prompt(train_all, cfg.data.val_fraction, cfg.seed)
+    if cfg.select.by == "accuracy" and not val:
+        raise InputError("select.by=accuracy needs held-out rankings (data.val or data.val_fraction > 0)",
+                         field="select.by")
+    if cfg.eval.gold and val:
+        attach_gold(val, cfg.eval.gold)
+    norm_items, norm_source = normalization_texts(cfg, train)
+    model, tok, fresh_head = create_reward_model(cfg.model, seed=cfg.seed, dropout=cfg.dropout)
+    if cfg.policy:
+        check_same_tokenizer(tok, load_tokenizer(cfg.policy), cfg.policy)
+    max_len = cfg.data.max_len
+    limit = max_positions(model.config)
+    if limit and max_len > limit:
+        print(f"rm: data.max_len {max_len} > the model's {limit} positions; using {limit}")
+        max_len = limit
+    items, n_trunc = encode_rankings(train, tok, cfg.template, max_len, cfg.append_eos)
+    val_items, _ = encode_rankings(val, tok, cfg.template, max_len, cfg.append_eos)
+
+    rundir = RunDir(cfg.out, "rm", cfg, {"model": cfg.model, "data.train": cfg.data.train, "data.val": cfg.data.val,
+                                         "normalize.data": cfg.normalize.data})
+    state = rundir.start()
+    seed_everything(cfg.seed)
+    per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    n_pairs_total = sum(len(r.pairs()) for r in train)
+    ks = sorted({r.k for r in train})
+    print(f"rm: {count_parameters(model) / 1e6:.2f}M parameters ({'new head' if fresh_head else 'continuing an RM'}), "
+          f"{len(train)} training rankings of {len({r.prompt for r in train})} prompts (K {ks[0]}-{ks[-1]}, "
+          f"{n_pairs_total} ranked pairs, {n_trunc} sequences "
+          f"truncated to {max_len} tokens), {len(val)} held out; skipped {flagged + vflagged} not_rankable and "
+          f"{tied + vtied} all-tied records; {cfg.epochs} epoch(s) = {total} steps x {cfg.batch_size} prompts, "
+          f"{threads} thread(s), seed {cfg.seed}")
+
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total)
+    start, best, best_state, train_seconds, acc_ema = 0, None, None, 0.0, None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best, best_state = state["step"], state["best"], state["best_state"]
+        train_seconds, acc_ema = state["train_seconds"], state["acc_ema"]
+        print(f"rm: resuming from step {start}")
+
+    model.train()
+    bar = progress(total, start, "rm")
+    t0, rows = time.time(), 0
+    every = cfg.select.every or total
+    stats = {}
+    for step in range(start, total):
+        epoch, i = divmod(step, per_epoch)
+        order = epoch_permutation(cfg.seed, epoch, len(items))
+        batch_items = [items[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        optimizer.zero_grad(set_to_none=True)
+        # forward: all K completions of every prompt in one pass; InstructGPT eq. 1 over all ranked pairs
+        stats = forward_backward(model, batch_items, tok.pad_token_id, cfg.micro_batch_size)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        optimizer.step()
+        scheduler.step()
+        rows += stats["rows"]
+        acc_ema = stats["accuracy"] if acc_ema is None else 0.9 * acc_ema + 0.1 * stats["accuracy"]
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{acc_ema:.3f}")
+        record = {"loss": stats["loss"], "accuracy": stats["accuracy"], "margin": stats["margin"],
+                  "n_pairs": stats["n_pairs"], "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(),
+                  "epoch": done / per_epoch}
+        if cfg.select.by == "accuracy" and (done % every == 0 or done == total):
+            # select
+            report = evaluate(val, score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size))
+            record["val_accuracy"] = report["accuracy"]
+            if best is None or report["accuracy"] > best["value"]:
+                best = {"value": report["accuracy"], "step": done}
+                best_state = copy.deepcopy(model.state_dict())
+            model.train()
+        if done % cfg.log_every == 0 or done == total or "val_accuracy" in record:
+            rundir.log(done, **record, rows_per_s=rows / max(1e-9, time.time() - t0))
+        if done % cfg.save_every == 0 and done < total:
+            rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
+                                    "best_state": best_state, "acc_ema": acc_ema,
+                                    "train_seconds": train_seconds + time.time() - t0})
+    bar.close()
+    train_seconds += time.time() - t0
+    selected = total
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        selected = best["step"]
+    set_dropout(model, 0.0)
+    model.eval()
+
+    # normalise: fit gain and bias on demonstrations / reference samples, store them in config.json
+    norm_seqs = [encode_response(tok, render_prompt(p, tok, cfg.template, msgs), c, max_len, cfg.append_eos)[0]
+                 for p, msgs, c in norm_items]
+    raw = score_sequences(model, norm_seqs, tok.pad_token_id, cfg.eval.batch_size) if norm_seqs else []
+    norm = Normalization.fit(cfg.normalize.kind, raw, norm_source)
+    reward_meta = {"normalization": norm.__dict__, "template": {"kind": cfg.template.kind, "system": cfg.template.system},
+                   "max_len": max_len, "append_eos": cfg.append_eos, "tokenizer_sha256": tokenizer_fingerprint(tok)}
+    setattr(model.config, META_KEY, reward_meta)
+
+    # evaluate on held-out rankings
+    metrics = {"train_loss": stats.get("loss"), "train_accuracy": acc_ema, "train_seconds": train_seconds,
+               "rows_per_s": rows / max(1e-9, train_seconds), "selected_step": selected}
+    report = None
+    if val:
+        report = evaluate(val, score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size),
+                          cfg.eval.agreement, cfg.eval.bins)
+        metrics.update(val_accuracy=report["accuracy"], val_loss=report["loss"], val_ece=report["calibration"]["ece"])
+        if "gold" in report:
+            metrics["val_gold_accuracy"] = report["gold"]["accuracy"]
+        if "agreement" in report:
+            metrics["agreement"] = report["agreement"]["value"]
+    with quiet_transformers():
+        save_model(model, tok, cfg.out)
+    # the gate PPO checks before it starts (stages/ppo.py check_gate): best-of-K by this RM beats random
+    gates = {k: report["best_of_k"][k] for k in ("bon_gain", "bon_n", "judge")} if report else {}
+    rundir.finish(metrics, {"reward": reward_meta, "eval": report, "gates": gates})
+    print(f"rm: normalisation {norm.kind}: gain {norm.gain:.4g}, bias {norm.bias:+.4g} on {norm.n} samples"
+          + (f" ({norm.source})" if norm.source else ""))
+    if report:
+        print(format_report(report, "rm: held out"))
+    else:
+        print("rm: no held-out rankings (data.val empty, data.val_fraction 0): no evaluation")
+    print(f"rm: done -> {cfg.out} (step {selected} of {total}, {train_seconds:.1f}s training) " +
+          " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics

@@ -1,0 +1,316 @@
+"""Stage `rm`, `rm-eval` and `score`: the K-way batching on hand-computed values, K forward rows
+per prompt, and every command end to end through the CLI on a tiny GPT-2."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from instructkit.cli import main
+from instructkit.losses import ranking_loss
+from instructkit.reward import RewardScorer, create_reward_model, encode_response
+from instructkit.stages import rm as rm_stage
+from instructkit.stages.rm import collate_rankings, forward_backward, ranking_scores, split_by_prompt
+from instructkit.stages.rm_eval import EncodedRanking, evaluate
+from test_reward import build_world, make_rankings, write_jsonl
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rmstage")
+    paths = build_world(root)
+    recs = make_rankings(120, seed=5)
+    recs[3]["not_rankable"] = True
+    recs[4]["ranks"] = [1] * len(recs[4]["completions"])  # all tied: no pair
+    paths["train"] = write_jsonl(root / "train.jsonl", recs)
+    paths["val"] = write_jsonl(root / "val.jsonl", [{**r, "agreement": 0.75} for r in make_rankings(16, seed=9)])
+    paths["train_ks"] = [len(r["completions"]) for i, r in enumerate(recs) if i not in (3, 4)]
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("INSTRUCTKIT_QUIET", "1")
+
+
+def rm_args(world, out, *extra):
+    return ["rm", f"model={world['gpt2']}", f"data.train={world['train']}", f"out={out}", "batch_size=8",
+            "optim.lr=1e-2", "threads=1", *extra]
+
+
+# ---------------------------------------------------------------------------- batching math
+
+class _StubBase(nn.Module):
+    """hidden state of a token = its entry in `table` (d = 1)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.emb = nn.Embedding.from_pretrained(torch.tensor(table).unsqueeze(1), freeze=False)
+        self.calls, self.rows = 0, 0
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        self.calls += 1
+        self.rows += input_ids.shape[0]
+        return SimpleNamespace(last_hidden_state=self.emb(input_ids))
+
+
+class _StubRM(nn.Module):
+    """score of a sequence = table[its last real token]; padding (0) and filler (5) score 100, so
+    reading any other position shows up."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.base = _StubBase(table)
+        self.score = nn.Linear(1, 1, bias=False)
+        nn.init.ones_(self.score.weight)
+
+    @property
+    def base_model(self):
+        return self.base
+
+
+def test_k_way_loss_through_the_batching_on_hand_computed_values():
+    table = [100.0] * 20
+    table[10], table[11], table[12], table[13], table[14] = 2.0, 1.0, 0.0, 0.3, -1.0
+    model = _StubRM(table)
+    fill = 5
+
+    def seq(n, last):
+        return [fill] * n + [last]
+
+    items = [
+        # A: K=3, ranks [1, 2, 2]: pairs (0,1) margin 2-1 = 1, (0,2) margin 2; the tie (1,2) is dropped
+        EncodedRanking([seq(1, 10), seq(4, 11), seq(2, 12)], [1, 2, 2]),
+        # B: K=2, ranks [2, 1]: pair (1,0) margin 0 - 0.3 = -0.3
+        EncodedRanking([seq(0, 13), seq(6, 12)], [2, 1]),
+        # C: K=4, scores [1, 0, 0, -1], ranks [1..4]: margins 1, 1, 2, 0, 1, 1
+        EncodedRanking([seq(3, 11), seq(1, 12), seq(2, 12), seq(5, 14)], [1, 2, 3, 4]),
+    ]
+    batch = collate_rankings(items, pad_id=0)
+    assert batch["input_ids"].shape == (9, 7)
+    assert batch["valid"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    scores = ranking_scores(model, batch)  # (3, 4)
+    assert torch.allclose(scores.detach(), torch.tensor([[2, 1, 0, 0], [0.3, 0, 0, 0], [1, 0, 0, -1.0]]))
+    loss, stats = ranking_loss(scores, batch["ranks"], batch["valid"])
+    # -log sigmoid: m=1 -> 0.31326, m=2 -> 0.12693, m=0 -> 0.69315, m=-0.3 -> 0.85436
+    # A: (0.31326 + 0.12693) / 2 = 0.220095;  B: 0.85436 / 1;
+    # C: (4 x 0.31326 + 0.12693 + 0.69315) / 6 = 2.07312 / 6 = 0.345520
+    # mean over prompts: (0.220095 + 0.85436 + 0.345520) / 3 = 0.473325
+    assert loss.item() == pytest.approx(0.473325, abs=1e-5)
+    # accuracy pooled over the 9 pairs: A 2, B 0, C 5 + 0.5 (score tie) -> 7.5 / 9
+    assert stats["n_pairs"] == 9 and float(stats["accuracy"]) == pytest.approx(7.5 / 9)
+    # the same through the training step, whole batch and one prompt per micro-batch
+    for micro in (0, 1):
+        model.zero_grad()
+        out = forward_backward(model, items, pad_id=0, micro_batch_size=micro)
+        assert out["loss"] == pytest.approx(0.473325, abs=1e-5)
+        assert out["rows"] == 9 and out["n_pairs"] == 9
+        grad = model.base.emb.weight.grad.squeeze(1)
+        assert grad[5].item() == 0.0 and grad[0].item() == 0.0  # filler and padding are never read
+        # d loss / d r for token 13 (B's loser scoring 0.3): sigmoid(0.3) / 1 pair / 3 prompts = 0.57444 / 3
+        assert grad[13].item() == pytest.approx(0.574443 / 3, abs=1e-5)
+
+
+def test_exactly_k_forward_rows_per_prompt_in_one_pass(world):
+    model, tok, _ = create_reward_model(world["gpt2"])
+    ks = [4, 9, 2]
+    items = [EncodedRanking([encode_response(tok, "say", f"the cat {j}", 48)[0] for j in range(k)],
+                            list(range(1, k + 1))) for k in ks]
+    seen = []
+    handle = model.base_model.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]),
+                                                    with_kwargs=True)
+    forward_backward(model, items, tok.pad_token_id)
+    assert seen == [sum(ks)]  # one forward, 4 + 9 + 2 rows (a pairwise trainer: 2 x (6 + 36 + 1) = 86)
+    seen.clear()
+    forward_backward(model, items, tok.pad_token_id, micro_batch_size=2)
+    assert sorted(seen) == sorted([4 + 2, 9])  # micro-batches hold whole prompts (sorted by length)
+    handle.remove()
+
+
+def test_micro_batches_give_the_same_gradients(world):
+    model, tok, _ = create_reward_model(world["gpt2"])
+    recs = make_rankings(6, seed=2)
+    items = [EncodedRanking([encode_response(tok, r["prompt"], c, 48)[0] for c in r["completions"]], r["ranks"])
+             for r in recs]
+    grads = []
+    for micro in (0, 2):
+        model.zero_grad()
+        forward_backward(model, items, tok.pad_token_id, micro)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_split_by_prompt_keeps_a_prompt_on_one_side():
+    from instructkit.data.records import parse_ranking
+
+    rs = [parse_ranking(r, "x", i) for i, r in enumerate(make_rankings(40) * 2)]  # every prompt twice
+    train, val = split_by_prompt(rs, 0.25, seed=0)
+    assert val and not ({r.prompt for r in train} & {r.prompt for r in val})
+
+
+def test_evaluate_report_fields():
+    from instructkit.data.records import parse_ranking
+
+    r = parse_ranking({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2, 3], "gold_ranks": [1, 3, 2],
+                       "task": "t", "agreement": 0.7}, "x", 1)
+    rep = evaluate([r], [[2.0, 1.0, 0.0]], bins=5)
+    # label pairs (0,1) (0,2) (1,2) all ordered right; gold pairs (0,2) (0,1) (2,1): RM gets 2 of 3
+    assert rep["accuracy"] == 1.0 and rep["gold"]["accuracy"] == pytest.approx(2 / 3)
+    assert rep["gold"]["labels_accuracy"] == pytest.approx(2 / 3)
+    assert rep["agreement"]["ratio"] == pytest.approx(1 / 0.7)
+    # confidences sigmoid(1) = 0.731 (x2, bin 0.7-0.8) and sigmoid(2) = 0.881 (bin 0.8-0.9), all right
+    # ECE = 2/3 |1 - 0.731| + 1/3 |1 - 0.881| = 0.17924 + 0.03973 = 0.21897
+    assert rep["calibration"]["ece"] == pytest.approx(0.21897, abs=1e-4)
+    assert rep["by_task"]["t"]["n_pairs"] == 3
+    # PPO's gate: the RM picks completion 0, gold ranks it 1st of [1, 3, 2]: -1 - mean(-1, -3, -2) = +1
+    assert rep["best_of_k"] == {"bon_gain": 1.0, "bon_n": 3, "judge": "gold rank places", "n_prompts": 1}
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def test_rm_end_to_end_then_rm_eval_and_score(world, tmp_path, capsys):
+    out = tmp_path / "rm"
+    rows = []
+
+    def count(module, args, kwargs, output):
+        if module.training and type(module).__name__ == "GPT2Model":
+            rows.append(kwargs["input_ids"].shape[0])
+    handle = nn.modules.module.register_module_forward_hook(count, with_kwargs=True)
+    try:
+        code = main(rm_args(world, out, f"data.val={world['val']}", f"normalize.data={world['demos']}",
+                            "eval.agreement=0.75", "log_every=1"))
+    finally:
+        handle.remove()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    # exactly K rows per prompt over the epoch: sum of K of the rankable training records
+    assert sum(rows) == sum(world["train_ks"]) and len(rows) == -(-len(world["train_ks"]) // 8)
+    assert "skipped 1 not_rankable and 1 all-tied" in printed
+    assert "pairwise accuracy" in printed and "labelers' agreement 0.750" in printed and "vs gold" in printed
+    meta = json.loads((out / "instructkit.json").read_text())
+    assert meta["complete"] and meta["stage"] == "rm"
+    assert meta["gates"]["bon_gain"] > 0 and meta["gates"]["bon_n"] == "2..6"  # read by ppo's check_gate
+    assert meta["metrics"]["val_accuracy"] > 0.65  # learnable signal: "good" words up, "bad" words down
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, len(rows) + 1))
+    assert {"loss", "accuracy", "lr", "grad_norm"} <= set(lines[0])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2ForSequenceClassification"]
+    assert cfg["instructkit_reward"]["normalization"]["kind"] == "demonstrations"
+    # normalisation: demonstrations average 0
+    demos = [json.loads(l) for l in Path(world["demos"]).read_text().splitlines()]
+    scorer = RewardScorer.load(out)
+    scores = scorer.score([d["prompt"] for d in demos], [d["completion"] for d in demos])
+    assert abs(sum(scores) / len(scores)) < 1e-5
+    # rm-eval
+    report_path = tmp_path / "report.json"
+    assert main(["rm-eval", str(out), f"data={world['val']}", f"out={report_path}"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
+    assert report["agreement"]["source"].startswith("records") and "gold" in report and "by_k" in report
+    assert "by task" in printed and "ECE" in printed
+    # gold ordering from a scorer spec (the sandbox's is 'sandbox:WORLD'): a reversed gold utility
+    # gives exactly the complementary accuracy over the same gold pairs
+    from instructkit.scoring import register
+    from test_reward import _utility
+
+    register("reversed-test-utility")(lambda arg: lambda ps, cs: [-_utility(c) for c in cs])
+    assert main(["rm-eval", str(out), f"data={world['val']}", f"out={report_path}",
+                 "gold=reversed-test-utility:x"]) == 0
+    reversed_gold = json.loads(report_path.read_text())["gold"]
+    assert reversed_gold["n_pairs"] == report["gold"]["n_pairs"]
+    assert reversed_gold["accuracy"] == pytest.approx(1 - report["gold"]["accuracy"], abs=1e-9)
+    # score: --input / --out, atomically, the normalised score on every record
+    scored = tmp_path / "scored.jsonl"
+    assert main(["score", str(out), "--input", world["demos"], "--out", str(scored), "--raw"]) == 0
+    recs = [json.loads(l) for l in scored.read_text().splitlines()]
+    assert len(recs) == len(demos) and recs[0]["prompt"] == demos[0]["prompt"]
+    assert [r["score"] for r in recs] == pytest.approx(scores, abs=1e-5)
+    assert all("score_raw" in r for r in recs)
+
+
+def test_pairs_ratings_and_hh_transcripts_train_through_the_same_command(world, tmp_path, capsys):
+    recs = make_rankings(40, seed=3)
+    pairs = [{"prompt": r["prompt"], "chosen": r["completions"][r["ranks"].index(1)],
+              "rejected": r["completions"][r["ranks"].index(2)]} for r in recs]
+    ratings = [{"prompt": r["prompt"], "completions": r["completions"], "scores": [10 - x for x in r["ranks"]]}
+               for r in recs]
+    hh = [{"chosen": f"\n\nHuman: {p['prompt']}\n\nAssistant: {p['chosen']}",
+           "rejected": f"\n\nHuman: {p['prompt']}\n\nAssistant: {p['rejected']}"} for p in pairs if p["chosen"] != p["rejected"]]
+    # an SFT directory that records its demonstrations: the default normalisation finds them
+    sft = tmp_path / "sft"
+    shutil.copytree(world["gpt2"], sft)
+    (sft / "instructkit.json").write_text(json.dumps({"stage": "sft", "complete": True,
+                                                      "inputs": {"data.train": {"path": world["demos"]}}}))
+    for name, data in (("pairs", pairs), ("ratings", ratings), ("hh", hh)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", data)
+        out = tmp_path / f"rm_{name}"
+        assert main(["rm", f"model={sft}", f"data.train={path}", f"out={out}", "batch_size=8", "threads=1",
+                     "data.val_fraction=0.2"]) == 0, capsys.readouterr()
+        meta = json.loads((out / "instructkit.json").read_text())
+        assert meta["reward"]["normalization"]["source"] == world["demos"]
+        assert 0 <= meta["metrics"]["val_accuracy"] <= 1
+    assert "K 2-2" in capsys.readouterr().out  # pairs are K = 2 rankings
+
+
+def test_bad_input_exits_2_and_leaves_nothing(world, tmp_path, capsys):
+    lines = Path(world["train"]).read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["ranks"] = bad["ranks"][:-1]
+    lines[2] = json.dumps(bad)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "rm"
+    assert main(rm_args(world, out, f"data.train={path}")) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3" in err and "field 'ranks'" in err and not out.exists()
+    # a policy with another tokenizer is refused before anything is written
+    from instructkit.models import save_model, train_tokenizer
+    from instructkit.reward import quiet_transformers
+
+    other = train_tokenizer(["zebra quartz jumps", "vexing fjord"] * 30, vocab_size=300)
+    pol = tmp_path / "policy"
+    with quiet_transformers():
+        save_model(create_reward_model(world["gpt2"])[0], other, pol)
+    assert main(rm_args(world, out, f"policy={pol}")) == 2
+    assert "tokenizer differs" in capsys.readouterr().err and not out.exists()
+    assert main(["score", world["gpt2"], "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert "field 'input'" in capsys.readouterr().err
+    assert main(rm_args(world, out, "normalize.kind=reference")) == 2  # needs normalize.data
+    assert not out.exists()
+
+
+def test_resume_after_kill_ends_with_identical_weights(world, tmp_path, monkeypatch, capsys):
+    extra = ("save_every=2", "epochs=2", "data.val_fraction=0.1", "normalize.kind=none")
+    assert main(rm_args(world, tmp_path / "full", *extra)) == 0
+    real, calls = rm_stage.forward_backward, []
+
+    def killed_at_step_5(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(rm_stage, "forward_backward", killed_at_step_5)
+    out = tmp_path / "killed"
+    assert main(rm_args(world, out, *extra)) == 130
+    assert (out / "checkpoint" / "state.pt").exists() and not (out / "instructkit.json").exists()
+    monkeypatch.setattr(rm_stage, "forward_backward", real)
+    assert main(rm_args(world, out, *extra)) == 0
+    assert "resuming from step 4" in capsys.readouterr().out
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def log(d):
+        return [{k: v for k, v in json.loads(l).items() if k != "rows_per_s"}
+                for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert log(tmp_path / "full") == log(out)
+    assert main(rm_args(world, out, *extra)) == 0 and "already complete" in capsys.readouterr().out
