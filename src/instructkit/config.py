@@ -66,6 +66,20 @@ class TemplateConfig:
 
 
 @dataclass
+class DistConfig:
+    """Data-parallel training under `torchrun --nproc-per-node N -m instructkit <stage> ...`
+    (docs/scaling.md); ignored without torchrun. The global batch is the stage's own batch size
+    whatever N is: each process takes a slice of it, and the update equals the 1-process one."""
+    strategy: Literal["ddp", "fsdp"] = F("ddp", "ddp: a full model per process (DistributedDataParallel); fsdp: "
+                                                "parameters, gradients and optimiser state sharded over the processes "
+                                                "(FSDP2), for models that do not fit one device")
+    micro_batch_size: int = F(0, "sft, pretrain: examples per forward/backward in each process, gradients accumulated "
+                                 "up to the global batch (less memory, same update); 0 = the process's whole share at "
+                                 "once (rm: use its own micro_batch_size; dpo, ppo: a smaller batch)")
+    timeout_minutes: float = F(30.0, "how long a process waits for the others at a collective before failing")
+
+
+@dataclass
 class StageConfig:
     """Fields every stage has: where it writes and how it runs."""
     out: str = F("", "output directory (required): a Hugging Face checkpoint plus instructkit.json and metrics.jsonl")
@@ -96,6 +110,7 @@ class PretrainConfig(StageConfig):
     max_steps: int = F(1000, "optimiser steps")
     optim: OptimConfig = F(OptimConfig(lr=3e-3, warmup_steps=50), "optimiser")
     eval_every: int = F(0, "validation loss every N steps (0 = only at the end)")
+    dist: DistConfig = F(DistConfig(), "multi-process training under torchrun (docs/scaling.md)")
 
 
 @dataclass
@@ -129,6 +144,7 @@ class SFTConfig(StageConfig):
     dropout: float = F(0.2, "residual dropout during SFT (InstructGPT: 0.2)")
     optim: OptimConfig = F(OptimConfig(lr=1e-4), "optimiser (InstructGPT: cosine to 10%, no warm-up, beta2 0.95)")
     select: SelectConfig = F(SelectConfig(), "checkpoint selection")
+    dist: DistConfig = F(DistConfig(), "multi-process training under torchrun (docs/scaling.md)")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -396,6 +412,7 @@ class PPOConfig(StageConfig):
     kl_slope_max: float = F(0.0, "reward-hacking detector: warn when KL per response grows faster than this per iteration (0 = off)")
     stop_on_hacking: bool = F(False, "stop when the reward-hacking detector fires (the best held-out checkpoint is kept)")
     require_gate: bool = F(True, "refuse to start unless the RM's best-of-n gain on held-out prompts (in its instructkit.json) is above 0")
+    dist: DistConfig = F(DistConfig(), "multi-process training under torchrun (docs/scaling.md)")
 
 
 @dataclass
@@ -469,6 +486,7 @@ class RMConfig(StageConfig):
     normalize: RMNormalize = F(RMNormalize(), "normalisation stored in the checkpoint")
     eval: RMEval = F(RMEval(), "held-out evaluation at the end of training")
     select: RMSelect = F(RMSelect(), "checkpoint selection")
+    dist: DistConfig = F(DistConfig(), "multi-process training under torchrun (docs/scaling.md)")
 
 
 @dataclass
@@ -561,6 +579,7 @@ class DirectConfig(StageConfig):
     ref_cache: str = F("", "directory for cached reference log-probs; empty = $INSTRUCTKIT_CACHE/ref_logps "
                            "(default ~/.cache/instructkit/ref_logps)")
     log_every: int = F(1, "log metrics every N optimiser steps")
+    dist: DistConfig = F(DistConfig(), "multi-process training under torchrun (docs/scaling.md)")
 
 
 @dataclass

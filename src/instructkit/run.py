@@ -26,7 +26,7 @@ from instructkit.data.jsonl import append_jsonl, write_json
 from instructkit.errors import AlreadyComplete, InputError  # noqa: F401  (AlreadyComplete re-exported)
 
 # Fields that may differ between a killed run and its resumption.
-RESUME_FREE_FIELDS = {"threads", "overwrite", "log_every", "ref_cache"}
+RESUME_FREE_FIELDS = {"threads", "overwrite", "log_every", "ref_cache", "dist"}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

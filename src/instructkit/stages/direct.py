@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from instructkit import data as datalib
+from instructkit import distributed as D
 from instructkit import losses as L
 from instructkit.config import DirectConfig
 from instructkit.data.encode import encode_text, render_prompt
@@ -380,17 +381,19 @@ def cached_reference(reference, groups, pad_id, batch_size, cache_dir: Path, key
 
 def batch_loss(cfg: DirectConfig, model, groups: list[Group], idx: list[int], offsets: list[int],
                ref: RefLogps | None, pad_id: int) -> tuple[torch.Tensor, dict, int]:
-    """Loss and stats of the batch `idx` (indices into groups), and the tokens it ran."""
+    """Loss and stats of the batch `idx` (indices into groups), and the tokens it ran. `model` is the
+    training wrapper (`distributed.wrap`): under torchrun each process runs its share of the prompts and
+    the log-probs are gathered (with their gradients), so every process computes the batch's own loss."""
     part = [groups[j] for j in idx]
     prompts, comps, owner = flatten(part)
-    pi_flat, n_flat = completion_logps(model, prompts, comps, owner, pad_id)  # (N,)
+    pi_flat, n_flat = D.shard_forward(model, part, lambda m, gs: completion_logps(m, *flatten(gs), pad_id))  # (N,)
     tokens = sum(map(len, prompts)) + sum(map(len, comps))
     ref_flat = None
     if ref is not None:
         ref_flat = torch.cat([ref.sums[offsets[j]:offsets[j + 1]] for j in idx]).to(pi_flat.device)  # (N,)
     if cfg.loss == "kto":
         with torch.no_grad():  # z0 is detached: the mismatched pairs need no graph
-            pi_kl, _ = completion_logps(model, *flatten(part, kl=True), pad_id)
+            pi_kl = D.shard_forward(model, part, lambda m, gs: completion_logps(m, *flatten(gs, kl=True), pad_id)[0])
         tokens += sum(len(g.kl_completion) + len(g.prompt) for g in part)
         desirable = torch.tensor([g.desirable for g in part], device=pi_flat.device)
         loss, stats = kto_batch_loss(cfg, pi_flat, ref_flat, desirable, pi_kl, ref.kl[idx].to(pi_flat.device))
@@ -485,6 +488,8 @@ def _validate(cfg: DirectConfig) -> None:
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
         (cfg.data.max_len >= 2, "data.max_len", "must be >= 2"),
         (cfg.select.max_new_tokens >= 1, "select.max_new_tokens", "must be >= 1"),
+        (cfg.dist.micro_batch_size == 0, "dist.micro_batch_size", "not applied by dpo (the loss needs the whole "
+                                                                  "batch's log-probs): lower batch_size instead"),
     ]
     for ok, name, msg in checks:
         if not ok:
@@ -509,6 +514,7 @@ def _cache_dir(cfg: DirectConfig) -> Path:
 
 def run(cfg: DirectConfig) -> dict:
     threads = set_threads(cfg.threads)
+    D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
     _validate(cfg)
     # everything the user gave is read and checked before the output directory exists
     model, tok = load_causal_lm(cfg.model, dropout=cfg.dropout)
@@ -536,8 +542,8 @@ def run(cfg: DirectConfig) -> dict:
     if reference is not None:
         set_dropout(reference, 0.0)
 
-    rundir = RunDir(cfg.out, "dpo", cfg, {"model": cfg.model, "data.train": cfg.data.train, "data.val": cfg.data.val,
-                                          "select.prompts": cfg.select.prompts})
+    rundir = D.main_only(RunDir(cfg.out, "dpo", cfg, {"model": cfg.model, "data.train": cfg.data.train,
+                                                      "data.val": cfg.data.val, "select.prompts": cfg.select.prompts}))
     state = rundir.start()
     seed_everything(cfg.seed)
     fast = fast_path_ok(model, groups, pad)
@@ -553,12 +559,14 @@ def run(cfg: DirectConfig) -> dict:
         cache_dir = _cache_dir(cfg)
         model_sha = rundir.inputs["model"]["sha256"]
         key = reference_cache_key(rundir.inputs["data.train"]["sha256"], model_sha, cfg, groups)
-        ref, hit = cached_reference(reference, groups, pad, 4 * cfg.batch_size, cache_dir, key, "reference")
+        # under torchrun rank 0 computes (or reads) them and hands them to the others
+        ref, hit = D.broadcast_object(cached_reference(reference, groups, pad, 4 * cfg.batch_size, cache_dir, key,
+                                                       "reference") if D.is_main() else None)
         ref_info.update(cache=str(cache_dir / f"ref_logps-{key}.pt"), cache_hit=hit)
         if val_groups:
             vkey = reference_cache_key(rundir.inputs["data.val"]["sha256"], model_sha, cfg, val_groups)
-            val_ref, vhit = cached_reference(reference, val_groups, pad, 4 * cfg.batch_size, cache_dir, vkey,
-                                             "reference (val)")
+            val_ref, vhit = D.broadcast_object(cached_reference(reference, val_groups, pad, 4 * cfg.batch_size,
+                                                                cache_dir, vkey, "reference (val)") if D.is_main() else None)
             ref_info["val_cache_hit"] = vhit
     if not (sample_every_eval and cfg.select.kl):
         reference = None  # training reads the cache; free the copy
@@ -572,14 +580,16 @@ def run(cfg: DirectConfig) -> dict:
           f"{info['skipped_no_pair']} without a ranked pair skipped, {info['truncated']} truncated to "
           f"{max_len} tokens), {cfg.epochs} epochs = {total} steps x {cfg.batch_size}, select by "
           f"{cfg.select.by}, reference {'cached' if ref_info.get('cache_hit') else 'computed' if ref else 'none'}, "
-          f"{forward} forward, {threads} thread(s), seed {cfg.seed}")
+          f"{forward} forward, {threads} thread(s), seed {cfg.seed}"
+          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
+    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total)
     start, best, best_state, loss_ema = 0, None, None, None
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        D.load_state_dict(wrapped, state["model"])
+        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best, best_state, loss_ema = state["step"], state["best"], state["best_state"], state["loss_ema"]
@@ -595,7 +605,7 @@ def run(cfg: DirectConfig) -> dict:
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(cfg.seed, epoch, lengths, cfg.batch_size, cfg.group_by_length), epoch
         # forward: policy log-probs of every completion in the batch; reference from the cache
-        loss, stats, n_tok = batch_loss(cfg, model, groups, batches[i], offsets, ref, pad)
+        loss, stats, n_tok = batch_loss(cfg, wrapped, groups, batches[i], offsets, ref, pad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
@@ -611,22 +621,24 @@ def run(cfg: DirectConfig) -> dict:
         record = {**stats, "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(), "epoch": done / per_epoch}
         evaluated = done % every == 0 or done == total
         if evaluated:
-            # held-out evaluation and selection
-            if val_groups:
-                record.update(evaluate_preferences(cfg, model, val_groups, val_ref, pad))
-            if sample_every_eval:
-                record.update({f"val_{k}": v for k, v in
-                               sample_eval(model, reference, tok, eval_prompts, cfg, scorer, eval_texts).items()})
+            # held-out evaluation and selection (every process evaluates the same thing: the same choice)
+            with D.gathered(wrapped):
+                if val_groups:
+                    record.update(evaluate_preferences(cfg, model, val_groups, val_ref, pad))
+                if sample_every_eval:
+                    record.update({f"val_{k}": v for k, v in
+                                   sample_eval(model, reference, tok, eval_prompts, cfg, scorer, eval_texts).items()})
             last_eval = {k: v for k, v in record.items() if k.startswith("val_")}
             value = {"loss": -record.get("val_loss", 0.0), "accuracy": record.get("val_reward_accuracy"),
                      "score": record.get("val_score"), "last": done}[cfg.select.by]
             if cfg.select.by != "last" and (best is None or value > best["value"]):
                 best = {"value": value, "step": done, "metrics": last_eval}
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(D.state_dict(wrapped))
         if done % cfg.log_every == 0 or done == total or evaluated:
             rundir.log(done, **record, tokens_per_s=tokens / max(1e-9, time.time() - t0))
         if done % cfg.save_every == 0 and done < total:
-            rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            rundir.save_checkpoint({"step": done, "model": D.state_dict(wrapped),
+                                    "optimizer": D.optimizer_state_dict(wrapped, optimizer),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
                                     "best_state": best_state, "loss_ema": loss_ema})
     bar.close()
@@ -634,13 +646,15 @@ def run(cfg: DirectConfig) -> dict:
     train_cpu_seconds = time.process_time() - cpu0  # the same span in CPU time (robust on a shared machine)
     selected, final_eval = total, last_eval
     if best_state is not None:
-        model.load_state_dict(best_state)
+        D.load_state_dict(wrapped, best_state)
         selected, final_eval = best["step"], best["metrics"]
     metrics = {"train_loss": loss_ema, "tokens_per_s": tokens / max(1e-9, train_seconds), "train_seconds": train_seconds,
                "train_cpu_seconds": train_cpu_seconds,
                "selected_step": selected, **final_eval}
+    model = D.full_model(wrapped)  # fsdp: the whole model gathered on every process; otherwise `model` itself
     set_dropout(model, 0.0)
-    save_model(model, tok, cfg.out)
+    if D.is_main():
+        save_model(model, tok, cfg.out)
     rundir.finish(metrics, extra={"reference": ref_info, "data": {"train": info}})
     print(f"dpo: done -> {cfg.out} (step {selected} of {total}) " +
           " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))

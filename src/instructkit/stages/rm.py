@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from instructkit import data as datalib
+from instructkit import distributed as D
 from instructkit.config import RMConfig
 from instructkit.data.encode import render_prompt
 from instructkit.errors import InputError
@@ -58,27 +59,32 @@ def ranking_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batch_size: int = 0) -> dict:
     """Loss of one optimiser step's prompts, gradients accumulated. Every item has >= 1 ranked pair,
-    so the batch loss (mean over prompts) is the size-weighted sum of the micro-batch losses."""
+    so the batch loss (mean over prompts) is the size-weighted sum of the micro-batch losses.
+    `model` may be the training wrapper (distributed.wrap): under torchrun each process runs its
+    share of `items` (the whole batch) and the stats returned are the whole batch's."""
     if micro_batch_size and micro_batch_size < len(items):
         # whole prompts per micro-batch; similar lengths together cut padding
-        order = sorted(range(len(items)), key=lambda i: max(len(s) for s in items[i].seqs))
-        chunks = [[items[i] for i in order[j:j + micro_batch_size]] for j in range(0, len(order), micro_batch_size)]
+        items = sorted(items, key=lambda it: max(len(s) for s in it.seqs))
     else:
-        chunks = [items]
-    loss_sum, correct, margin_sum, n_pairs, rows, tokens = 0.0, 0.0, 0.0, 0, 0, 0
-    for chunk in chunks:
+        micro_batch_size = 0
+    sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "n_pairs": 0, "rows": 0, "tokens": 0}
+    for chunk, live in D.micro_batches(model, items, micro_batch_size):
         batch = collate_rankings(chunk, pad_id)
-        scores = ranking_scores(model, batch)  # (b, Kmax)
+        scores = D.call(model, ranking_scores, batch)  # (b, Kmax)
         loss, stats = ranking_loss(scores, batch["ranks"], batch["valid"])
-        (loss * (len(chunk) / len(items))).backward()
-        loss_sum += loss.item() * len(chunk)
-        correct += float(stats["accuracy"]) * stats["n_pairs"]
-        margin_sum += float(stats["margin"]) * stats["n_pairs"]
-        n_pairs += stats["n_pairs"]
-        rows += batch["input_ids"].shape[0]
-        tokens += int(batch["attention_mask"].sum())
-    return {"loss": loss_sum / len(items), "accuracy": correct / max(1, n_pairs), "margin": margin_sum / max(1, n_pairs),
-            "n_pairs": n_pairs, "rows": rows, "tokens": tokens}
+        D.backward(loss, live * len(chunk) / len(items))
+        if live:
+            sums["loss"] += loss.item() * len(chunk)
+            sums["correct"] += float(stats["accuracy"]) * stats["n_pairs"]
+            sums["margin"] += float(stats["margin"]) * stats["n_pairs"]
+            sums["n_pairs"] += stats["n_pairs"]
+            sums["rows"] += batch["input_ids"].shape[0]
+            sums["tokens"] += int(batch["attention_mask"].sum())
+    sums = D.all_reduce_sum(sums)  # the whole batch's (under torchrun)
+    n_pairs = int(sums["n_pairs"])
+    return {"loss": sums["loss"] / len(items), "accuracy": sums["correct"] / max(1, n_pairs),
+            "margin": sums["margin"] / max(1, n_pairs), "n_pairs": n_pairs, "rows": int(sums["rows"]),
+            "tokens": int(sums["tokens"])}
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -125,6 +131,7 @@ def normalization_texts(cfg: RMConfig, train_rankings: list) -> tuple[list, str]
 
 def run(cfg: RMConfig) -> dict:
     threads = set_threads(cfg.threads)
+    D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
     for name, value in (("model", cfg.model), ("data.train", cfg.data.train)):
         if not value:
             raise InputError("missing required field", field=name)
@@ -138,6 +145,8 @@ def run(cfg: RMConfig) -> dict:
                          field="micro_batch_size")
     if not 0 <= cfg.eval.agreement <= 1:
         raise InputError("expected a number from 0 to 1", field="eval.agreement")
+    if cfg.dist.micro_batch_size:
+        raise InputError("the reward model's micro-batches are set by `micro_batch_size`", field="dist.micro_batch_size")
 
     # validate every input before the output directory exists
     train_all, flagged, tied = rankable(load_rankings(cfg.data.train))
@@ -165,8 +174,8 @@ def run(cfg: RMConfig) -> dict:
     items, n_trunc = encode_rankings(train, tok, cfg.template, max_len, cfg.append_eos)
     val_items, _ = encode_rankings(val, tok, cfg.template, max_len, cfg.append_eos)
 
-    rundir = RunDir(cfg.out, "rm", cfg, {"model": cfg.model, "data.train": cfg.data.train, "data.val": cfg.data.val,
-                                         "normalize.data": cfg.normalize.data})
+    rundir = D.main_only(RunDir(cfg.out, "rm", cfg, {"model": cfg.model, "data.train": cfg.data.train,
+                                                     "data.val": cfg.data.val, "normalize.data": cfg.normalize.data}))
     state = rundir.start()
     seed_everything(cfg.seed)
     per_epoch = math.ceil(len(items) / cfg.batch_size)
@@ -178,14 +187,16 @@ def run(cfg: RMConfig) -> dict:
           f"{n_pairs_total} ranked pairs, {n_trunc} sequences "
           f"truncated to {max_len} tokens), {len(val)} held out; skipped {flagged + vflagged} not_rankable and "
           f"{tied + vtied} all-tied records; {cfg.epochs} epoch(s) = {total} steps x {cfg.batch_size} prompts, "
-          f"{threads} thread(s), seed {cfg.seed}")
+          f"{threads} thread(s), seed {cfg.seed}"
+          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
+    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total)
     start, best, best_state, train_seconds, acc_ema = 0, None, None, 0.0, None
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        D.load_state_dict(wrapped, state["model"])
+        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best, best_state = state["step"], state["best"], state["best_state"]
@@ -203,7 +214,7 @@ def run(cfg: RMConfig) -> dict:
         batch_items = [items[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
         optimizer.zero_grad(set_to_none=True)
         # forward: all K completions of every prompt in one pass; InstructGPT eq. 1 over all ranked pairs
-        stats = forward_backward(model, batch_items, tok.pad_token_id, cfg.micro_batch_size)
+        stats = forward_backward(wrapped, batch_items, tok.pad_token_id, cfg.micro_batch_size)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         optimizer.step()
         scheduler.step()
@@ -216,17 +227,19 @@ def run(cfg: RMConfig) -> dict:
                   "n_pairs": stats["n_pairs"], "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(),
                   "epoch": done / per_epoch}
         if cfg.select.by == "accuracy" and (done % every == 0 or done == total):
-            # select
-            report = evaluate(val, score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size))
+            # select (every process evaluates the same thing, so all make the same choice)
+            with D.gathered(wrapped):
+                report = evaluate(val, score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size))
             record["val_accuracy"] = report["accuracy"]
             if best is None or report["accuracy"] > best["value"]:
                 best = {"value": report["accuracy"], "step": done}
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(D.state_dict(wrapped))
             model.train()
         if done % cfg.log_every == 0 or done == total or "val_accuracy" in record:
             rundir.log(done, **record, rows_per_s=rows / max(1e-9, time.time() - t0))
         if done % cfg.save_every == 0 and done < total:
-            rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            rundir.save_checkpoint({"step": done, "model": D.state_dict(wrapped),
+                                    "optimizer": D.optimizer_state_dict(wrapped, optimizer),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
                                     "best_state": best_state, "acc_ema": acc_ema,
                                     "train_seconds": train_seconds + time.time() - t0})
@@ -234,8 +247,9 @@ def run(cfg: RMConfig) -> dict:
     train_seconds += time.time() - t0
     selected = total
     if best_state is not None:
-        model.load_state_dict(best_state)
+        D.load_state_dict(wrapped, best_state)
         selected = best["step"]
+    model = D.full_model(wrapped)  # fsdp: the whole model gathered on every process; otherwise `model` itself
     set_dropout(model, 0.0)
     model.eval()
 
@@ -260,8 +274,9 @@ def run(cfg: RMConfig) -> dict:
             metrics["val_gold_accuracy"] = report["gold"]["accuracy"]
         if "agreement" in report:
             metrics["agreement"] = report["agreement"]["value"]
-    with quiet_transformers():
-        save_model(model, tok, cfg.out)
+    if D.is_main():
+        with quiet_transformers():
+            save_model(model, tok, cfg.out)
     # the gate PPO checks before it starts (stages/ppo.py check_gate): best-of-K by this RM beats random
     gates = {k: report["best_of_k"][k] for k in ("bon_gain", "bon_n", "judge")} if report else {}
     rundir.finish(metrics, {"reward": reward_meta, "eval": report, "gates": gates})

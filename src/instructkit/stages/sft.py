@@ -12,8 +12,9 @@ import time
 import torch
 
 from instructkit import data as datalib
+from instructkit import distributed as D
 from instructkit.config import SFTConfig
-from instructkit.data.encode import collate_right, encode_demonstrations, render_prompt
+from instructkit.data.encode import IGNORE, collate_right, encode_demonstrations, render_prompt
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, max_positions, save_model, set_dropout, set_threads
 from instructkit.run import (RunDir, epoch_batches, make_optimizer, make_scheduler, progress, rng_state,
@@ -62,6 +63,7 @@ def score_model(model, tok, prompts: list[str], scorer, max_new_tokens: int, see
 
 def run(cfg: SFTConfig) -> dict:
     threads = set_threads(cfg.threads)
+    D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
     for name, value in (("model", cfg.model), ("data.train", cfg.data.train)):
         if not value:
             raise InputError("missing required field", field=name)
@@ -86,9 +88,10 @@ def run(cfg: SFTConfig) -> dict:
     n_trunc = sum(t for _, t in encoded)
     val_examples = [e for e, _ in encode_demonstrations(val_demos, tok, cfg.template, max_len)]
     lengths = [len(e.input_ids) for e in examples]
+    targets = [sum(t != IGNORE for t in e.labels[1:]) for e in examples]  # completion tokens: the loss's denominator
 
-    rundir = RunDir(cfg.out, "sft", cfg, {"model": cfg.model, "data.train": cfg.data.train,
-                                          "data.val": cfg.data.val, "select.prompts": cfg.select.prompts})
+    rundir = D.main_only(RunDir(cfg.out, "sft", cfg, {"model": cfg.model, "data.train": cfg.data.train,
+                                                      "data.val": cfg.data.val, "select.prompts": cfg.select.prompts}))
     state = rundir.start()
     seed_everything(cfg.seed)
     per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -96,14 +99,16 @@ def run(cfg: SFTConfig) -> dict:
     every = cfg.select.every or per_epoch
     print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} demonstrations "
           f"({n_trunc} truncated to {max_len} tokens), {cfg.epochs} epochs = {total} steps x "
-          f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}")
+          f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}"
+          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
+    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total)
     start, best, best_state, loss_ema = 0, None, None, None
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        D.load_state_dict(wrapped, state["model"])
+        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best, best_state = state["step"], state["best"], state["best_state"]
@@ -117,49 +122,61 @@ def run(cfg: SFTConfig) -> dict:
         epoch, i = divmod(step, per_epoch)
         if i == 0 or batches is None:
             batches = epoch_batches(cfg.seed, epoch, lengths, cfg.batch_size, cfg.group_by_length)
-        batch = collate_right([examples[j] for j in batches[i]], tok.pad_token_id)
-        loss = completion_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # this process's share of the global batch (all of it without torchrun), each micro-batch's mean
+        # loss weighted by its share of the batch's completion tokens: the gradient of the batch's mean
+        n_targets = max(1, sum(targets[j] for j in batches[i]))
+        loss = 0.0
+        for chunk, live in D.micro_batches(wrapped, batches[i], cfg.dist.micro_batch_size):
+            batch = collate_right([examples[j] for j in chunk], tok.pad_token_id)
+            share = live * sum(targets[j] for j in chunk) / n_targets
+            chunk_loss = wrapped(completion_loss, batch)
+            D.backward(chunk_loss, share)
+            loss += chunk_loss.item() * share
+        loss = D.all_reduce_sum(loss)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         optimizer.step()
         scheduler.step()
-        tokens += int(batch["attention_mask"].sum())
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        tokens += sum(lengths[j] for j in batches[i])
+        loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
         done = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", epoch=epoch + 1)
-        record = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(),
+        record = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": gnorm.item(),
                   "epoch": done / per_epoch}
         if done % every == 0 or done == total:
-            # select
-            if val_examples:
-                record["val_loss"] = demo_loss(model, val_examples, tok.pad_token_id)
-            if scorer is not None:
-                record["val_score"] = score_model(model, tok, select_prompts, scorer, cfg.select.max_new_tokens,
-                                                  cfg.seed)
+            # select (every process evaluates the same thing, so all make the same choice)
+            with D.gathered(wrapped):
+                if val_examples:
+                    record["val_loss"] = demo_loss(model, val_examples, tok.pad_token_id)
+                if scorer is not None:
+                    record["val_score"] = score_model(model, tok, select_prompts, scorer, cfg.select.max_new_tokens,
+                                                      cfg.seed)
             value = {"loss": -record.get("val_loss", 0.0), "score": record.get("val_score"), "last": done}[cfg.select.by]
             if cfg.select.by != "last" and (best is None or value > best["value"]):
                 best = {"value": value, "step": done}
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(D.state_dict(wrapped))
         if done % cfg.log_every == 0 or done == total or "val_loss" in record or "val_score" in record:
             rundir.log(done, **record, tokens_per_s=tokens / max(1e-9, time.time() - t0))
         if done % cfg.save_every == 0 and done < total:
-            rundir.save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            rundir.save_checkpoint({"step": done, "model": D.state_dict(wrapped),
+                                    "optimizer": D.optimizer_state_dict(wrapped, optimizer),
                                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "best": best,
                                     "best_state": best_state, "loss_ema": loss_ema})
     bar.close()
     selected = total
     if best_state is not None:
-        model.load_state_dict(best_state)
+        D.load_state_dict(wrapped, best_state)
         selected = best["step"]
+    model = D.full_model(wrapped)  # fsdp: the whole model gathered on every process; otherwise `model` itself
     metrics = {"train_loss": loss_ema, "tokens_per_s": tokens / max(1e-9, time.time() - t0), "selected_step": selected}
     if val_examples:
         metrics["val_loss"] = demo_loss(model, val_examples, tok.pad_token_id)
     if best is not None and cfg.select.by == "score":
         metrics["val_score"] = best["value"]
     set_dropout(model, 0.0)  # saved models carry no training-time dropout; each stage sets its own
-    save_model(model, tok, cfg.out)
+    if D.is_main():
+        save_model(model, tok, cfg.out)
     rundir.finish(metrics)
     print(f"sft: done -> {cfg.out} (step {selected} of {total}) " +
           " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
