@@ -362,3 +362,25 @@ def test_help_lists_every_loss_parameter(capsys):
     for name in ("loss", "beta", "label_smoothing", "tau", "delta", "slic_sft_weight", "lambda_d", "lambda_u",
                  "orpo_lambda", "kto_from", "data.train", "select.by", "ref_cache"):
         assert f"  {name} (" in text
+
+
+def test_fast_path_with_rows_near_the_position_limit():
+    """A long prompt with a short completion next to a short prompt with a long completion: the
+    short row's padding runs past the position table; it must be clamped (masked anyway), and the
+    fast path must still equal the plain route."""
+    import torch as _torch
+
+    from instructkit.config import ModelInit
+    from instructkit.models import new_model, train_tokenizer
+    from instructkit.stages.direct import completion_logps, completion_logps_full
+
+    tok = train_tokenizer(["a b c d e f g h i j k l m n o p"] * 4, 300)
+    model = new_model(ModelInit(family="gpt2", d_model=32, n_layers=2, n_heads=2, max_len=32), tok, seed=0)
+    model.eval()
+    prompts = [list(range(5, 5 + 28)), [7, 8]]  # 28 + 3 and 2 + 29 tokens: both fit in 32 positions
+    completions = [[9, 10, 11], list(range(20, 49))]
+    with _torch.no_grad():
+        fast, n = completion_logps(model, prompts, completions, [0, 1], tok.pad_token_id)
+        plain, _ = completion_logps_full(model, prompts, completions, [0, 1], tok.pad_token_id)
+    assert n.tolist() == [3, 29]
+    _torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)

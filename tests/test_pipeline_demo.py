@@ -26,6 +26,7 @@ TINY = {
     "ppo": {"episodes": 32, "rollout_batch": 16, "minibatch": 8, "eval_every": 1, "eval_n": 8, "require_gate": False},
     "ppo_ptx": {"episodes": 32, "rollout_batch": 16, "minibatch": 8, "eval_every": 1, "eval_n": 8,
                 "ptx_seq_len": 32, "require_gate": False},
+    "dpo": {"batch_size": 16},
     "bon": {"n": 4, "threads": 1},
     "eval": {"n_prompts": 30, "threads": 1},
 }
@@ -47,7 +48,7 @@ def test_every_stage_completes(demo_run):
             assert is_complete(p), s.name
     summary = json.loads((demo_run / "summary.json").read_text())
     models = summary["eval"]["models"]
-    assert set(models) == {"base", "sft", "sft_t0.3", "ppo", "ppo_ptx"}
+    assert set(models) == {"base", "sft", "sft_t0.3", "ppo", "ppo_ptx", "dpo"}
     for m in ("ppo", "ppo_ptx", "base"):
         w = models[m]["win_rate"]
         assert 0 <= w["low"] <= w["rate"] <= w["high"] <= 1 and w["n"] == 30

@@ -176,6 +176,9 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
     cache = out.past_key_values
     cache.reorder_cache(own)  # (G, H, P, D/H) -> (N, H, P, D/H) per layer
     positions = plen[own].unsqueeze(1) + torch.arange(comp_ids.shape[1], device=dev)  # (N, C), skip the prompt's padding
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit:  # a short row's padding can run past the position table when another row is long; it is masked
+        positions = positions.clamp(max=limit - 1)
     hidden = base(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[own], comp_mask], 1),
                   position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state  # (N, C, D)
     first = out.last_hidden_state[own, plen[own] - 1]  # (N, D): the last prompt token predicts completion token 0
