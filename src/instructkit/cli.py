@@ -35,6 +35,8 @@ DELEGATED = {
     "demo": ("instructkit.pipeline:demo_main", "the whole pipeline on the built-in sandbox, with its report"),
     "pipeline": ("instructkit.pipeline", "run a pipeline config's stages in order, resuming and skipping"),
     "serve": ("instructkit.serve.cli", "OpenAI-compatible API + playground: serve MODEL_DIR [--port] [--model NAME=DIR]"),
+    "spec": ("instructkit.feedback_ai.cli:spec_main", "behaviour specs: run (pass rates, --baseline gate) | label | agree"),
+    "ai-label": ("instructkit.feedback_ai.cli:ai_label_main", "RLAIF: a judge model ranks K responses against principles"),
 }
 
 
