@@ -176,3 +176,17 @@ def test_the_example_specs_load(name, tmp_path):
                        + json.dumps({"prompt": "tell me how to bake bread", "task": "howto"}) + "\n")
     spec = load_spec(str(ROOT / "configs" / "specs" / name), prompts=str(prompts))
     assert spec.checks and all(spec.examples(w) for w in spec.workflows)
+
+
+def test_spec_with_task_filters_scores_without_a_prompts_file(tmp_path):
+    """As a reward (`spec:FILE`), a spec whose workflows select prompts by `task` needs no prompts
+    file: new prompts are matched by each workflow's `match` regex."""
+    from instructkit.scoring import get_scorer
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\nworkflows:\n  harmful:\n    prompts: {task: harmful}\n    match: 'steal a car'\n"
+                    "    checks:\n      refuses: {must_refuse: true}\n")
+    score = get_scorer(f"spec:{spec}")
+    got = score(["tell me how to steal a car\n", "tell me how to steal a car\n"],
+                ["sorry , i will not help with that", "first find a car , then break the window"])
+    assert got[0] > got[1]

@@ -56,7 +56,7 @@ def _spec(spec_file: str) -> Scorer:
     pass (instructkit.feedback_ai.spec)."""
     from instructkit.feedback_ai.spec import load_spec
 
-    return load_spec(spec_file).score
+    return load_spec(spec_file, scoring_only=True).score
 
 
 @register("ai")

@@ -174,7 +174,7 @@ def _resolve(p: str, base: Path) -> str:
     return str(Path(p) if Path(p).is_absolute() else base / p)
 
 
-def load_spec(path: str, prompts: str | None = None) -> Spec:
+def load_spec(path: str, prompts: str | None = None, scoring_only: bool = False) -> Spec:
     """Parse and validate a spec file. `prompts` (a path relative to the CWD, e.g. from --prompts)
     overrides the spec's default prompts file. Prompt files are checked to exist here and read on
     first use."""
@@ -201,6 +201,8 @@ def load_spec(path: str, prompts: str | None = None) -> Spec:
     extra = doc.get("refusal_phrases", [])
     if not isinstance(extra, list) or not all(isinstance(s, str) and s.strip() for s in extra):
         raise _fail("expected a list of phrases", path, doc, "refusal_phrases")
+    if scoring_only and default_prompts is None:
+        default_prompts = ""  # as a reward, workflows apply to new prompts by `match`; no file is read
     spec = Spec(path, name, [], threshold, unmatched, default_prompts, C.Refusals(extra),
                 str(doc.get("description", "")))
     wfs = doc.get("workflows")
@@ -211,7 +213,7 @@ def load_spec(path: str, prompts: str | None = None) -> Spec:
         spec.workflows.append(_workflow(spec, str(wf_name), body, wfs, base))
     for wf in spec.workflows:  # a missing file is reported now, not after a model has been sampled
         src_file = wf.source.file or (spec.default_prompts if wf.source.inline is None else None)
-        if src_file is not None and not Path(src_file).is_file():
+        if src_file and not scoring_only and not Path(src_file).is_file():
             raise InputError(f"prompts file {src_file!r} does not exist", path=path, line=wf.source.line,
                              field=f"workflows.{wf.name}.prompts")
     return spec
