@@ -199,3 +199,20 @@ def test_gate_blocks_a_bad_rm_and_passes_a_good_one(tmp_path):
         check_gate(str(bad), required=True)
     check_gate(str(bad), required=False)
     check_gate(str(good), required=True)
+
+
+def test_ppo_and_bon_with_a_spec_as_the_reward(tiny_chain, tmp_path, capsys):
+    """A behaviour spec is a reward: bon picks by it; PPO trains on it with the RM's value head."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\nworkflows:\n  copy:\n    prompts: {task: copy}\n    match: '^copy'\n"
+                    "    checks:\n      short: {max_words: 3}\n")
+    w = tiny_chain["world"]
+    out = tmp_path / "ppo_spec"
+    assert main(ppo_argv(tiny_chain, out, f"reward_model=spec:{spec}", f"value_model={tiny_chain['rm']}",
+                         "select=last", "eval_prompts=")) == 0
+    assert json.loads((out / "instructkit.json").read_text())["inputs"]["reward_model"]["path"] == str(spec)
+    rc = main(ppo_argv(tiny_chain, tmp_path / "no_value", f"reward_model=spec:{spec}"))
+    assert rc == 2 and "value_model" in capsys.readouterr().err
+    bon = tmp_path / "bon.jsonl"
+    assert main(["bon", str(tiny_chain["sft"]), f"reward_model=spec:{spec}", f"prompts={w}/prompts/eval.jsonl",
+                 "n=4", f"out={bon}"]) == 0

@@ -114,7 +114,7 @@ def run(cfg: PPOConfig) -> dict:
     eval_rendered = [render_prompt(p, tok, cfg.template) for p in eval_prompts]
     ptx_blocks = pack_texts([encode_text(tok, d) for d in ptx_docs], tok.eos_token_id, cfg.ptx_seq_len) if ptx_docs else None
 
-    rundir = D.main_only(RunDir(cfg.out, "ppo", cfg, {"policy": cfg.policy, "reward_model": cfg.reward_model,
+    rundir = D.main_only(RunDir(cfg.out, "ppo", cfg, {"policy": cfg.policy, "reward_model": _reward_path(cfg.reward_model),
                                                       "prompts": cfg.prompts, "ptx_data": cfg.ptx_data}))
     state = rundir.start()
     seed_everything(cfg.seed)
@@ -347,6 +347,14 @@ def run(cfg: PPOConfig) -> dict:
     print(f"ppo: done -> {cfg.out} (iteration {selected} of {iterations}) " +
           " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
+
+
+def _reward_path(reward: str) -> str:
+    """What to hash for the reward: the RM directory, a spec's file, or nothing for other scorers."""
+    kind, _, rest = reward.partition(":")
+    if kind == "spec":
+        return rest
+    return "" if kind in ("ai", "sandbox") else (rest if kind == "rm" else reward)
 
 
 def _value_model(path: str, policy_tok, policy_path: str):
