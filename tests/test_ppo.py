@@ -216,3 +216,15 @@ def test_ppo_and_bon_with_a_spec_as_the_reward(tiny_chain, tmp_path, capsys):
     bon = tmp_path / "bon.jsonl"
     assert main(["bon", str(tiny_chain["sft"]), f"reward_model=spec:{spec}", f"prompts={w}/prompts/eval.jsonl",
                  "n=4", f"out={bon}"]) == 0
+
+
+def test_value_warmup_freezes_the_policy(tiny_chain, tmp_path):
+    """During value warm-up only the critic learns: 3 iterations of warm-up leave the policy as SFT."""
+    out = tmp_path / "warm"
+    assert main(ppo_argv(tiny_chain, out, "value_warmup_iterations=3", "select=last", "eval_prompts=")) == 0
+    before = load_file(tiny_chain["sft"] / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    v0 = load_file(tiny_chain["rm"] / "model.safetensors")
+    v1 = load_file(out / "value_model" / "model.safetensors")
+    assert any(not torch.equal(v0[k], v1[k]) for k in v0 if k in v1)

@@ -396,6 +396,7 @@ class PPOConfig(StageConfig):
     value_lr: float = F(9.65e-6, "value-model learning rate")
     adam_eps: float = F(1e-5, "Adam epsilon (PyTorch places it differently from TensorFlow)")
     warmup_iterations: int = F(10, "linear LR warm-up over the first iterations, then constant")
+    value_warmup_iterations: int = F(0, "first iterations train only the value model (policy frozen) so that advantages are not value noise; 0 = off (InstructGPT)")
     grad_clip: float = F(1.0, "gradient-norm clip; 0 = off")
     ema: float = F(0.0, "weight EMA decay for the saved policy (InstructGPT option: 0.992); 0 = off")
     ptx_coef: float = F(0.0, "PPO-ptx: pretraining loss coefficient gamma (InstructGPT: 27.8); 0 = plain PPO")

@@ -244,10 +244,11 @@ def run(cfg: PPOConfig) -> dict:
                     loss = loss + cfg.ptx_coef * ptx_loss * ptx_share
                     mb_stats["ptx_loss"] = ptx_loss.item() * ptx_share
                 opt_pi.zero_grad(set_to_none=True)
-                D.backward(loss, 1.0)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                opt_pi.step()
+                if it >= cfg.value_warmup_iterations:  # value warm-up: the critic learns before the actor moves
+                    D.backward(loss, 1.0)
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                    opt_pi.step()
 
                 values = value_w(lambda m: response_values(m, seq[mine], full_attn[mine], P, *value_norm))
                 v_loss, v_stats = L.ppo_value_loss(values, old_values[mine], returns[mine], mask[mine], cfg.vf_clip)
