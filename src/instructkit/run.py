@@ -241,3 +241,20 @@ def epoch_batches(seed: int, epoch: int, lengths: list[int], batch_size: int, gr
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def setup_training(model, dist_cfg, optim, total_steps: int, state: dict | None):
+    """The shared start of a training loop: wrap the model for torch.distributed (DDP / FSDP2, or
+    nothing), then the optimiser and schedule, restored with the RNG from `state` when resuming.
+    Returns (wrapped model, optimizer, scheduler)."""
+    from instructkit import distributed as D
+
+    wrapped = D.wrap(model, dist_cfg)  # before the optimiser: FSDP shards the parameters
+    optimizer = make_optimizer(model.parameters(), optim)
+    scheduler = make_scheduler(optimizer, optim, total_steps)
+    if state:
+        D.load_state_dict(wrapped, state["model"])
+        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    return wrapped, optimizer, scheduler

@@ -41,8 +41,7 @@ from instructkit.data.encode import encode_text, render_prompt
 from instructkit.data.jsonl import iter_json_lines
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
-from instructkit.run import (RunDir, epoch_batches, make_optimizer, make_scheduler, progress, rng_state,
-                             seed_everything, set_rng_state)
+from instructkit.run import (RunDir, epoch_batches, progress, rng_state, seed_everything, setup_training)
 
 LOSSES = ("dpo", "cdpo", "ipo", "slic", "kto", "orpo")
 CACHE_VERSION = 1
@@ -586,15 +585,9 @@ def run(cfg: DirectConfig) -> dict:
           f"{forward} forward, {threads} thread(s), seed {cfg.seed}"
           + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
-    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total)
+    wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, loss_ema = 0, None, None, None
     if state:
-        D.load_state_dict(wrapped, state["model"])
-        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         start, best, best_state, loss_ema = state["step"], state["best"], state["best_state"], state["loss_ema"]
         print(f"dpo: resuming from step {start}")
 

@@ -13,8 +13,7 @@ from instructkit.data.encode import encode_text, pack_texts
 from instructkit.errors import InputError
 from instructkit.models import (count_parameters, load_causal_lm, load_tokenizer, max_positions, new_model,
                                 save_model, set_threads, train_tokenizer)
-from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
-                             seed_everything, set_rng_state)
+from instructkit.run import (RunDir, epoch_permutation, progress, rng_state, seed_everything, setup_training)
 
 
 def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
@@ -76,15 +75,9 @@ def run(cfg: PretrainConfig) -> dict:
           f"{cfg.max_steps} steps x {cfg.batch_size}, {threads} thread(s), seed {cfg.seed}"
           + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
-    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, cfg.max_steps, state)
     start, loss_ema = 0, None
     if state:
-        D.load_state_dict(wrapped, state["model"])
-        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         start, loss_ema = state["step"], state.get("loss_ema")  # train_loss as if never interrupted
         print(f"pretrain: resuming from step {start}")
 

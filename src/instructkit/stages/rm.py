@@ -29,8 +29,7 @@ from instructkit.models import count_parameters, load_tokenizer, save_model, set
 from instructkit.reward import (META_KEY, Normalization, check_same_tokenizer, collate_sequences,
                                 create_reward_model, encode_response, reward_scores, score_sequences,
                                 tokenizer_fingerprint, max_positions, quiet_transformers)
-from instructkit.run import (RunDir, epoch_permutation, make_optimizer, make_scheduler, progress, rng_state,
-                             seed_everything, set_rng_state)
+from instructkit.run import (RunDir, epoch_permutation, progress, rng_state, seed_everything, setup_training)
 from instructkit.stages.rm_eval import (EncodedRanking, attach_gold, encode_rankings, evaluate, format_report, load_rankings,
                                         rankable, score_rankings)
 
@@ -190,15 +189,9 @@ def run(cfg: RMConfig) -> dict:
           f"{threads} thread(s), seed {cfg.seed}"
           + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
-    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total)
+    wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, train_seconds, acc_ema = 0, None, None, 0.0, None
     if state:
-        D.load_state_dict(wrapped, state["model"])
-        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         start, best, best_state = state["step"], state["best"], state["best_state"]
         train_seconds, acc_ema = state["train_seconds"], state["acc_ema"]
         print(f"rm: resuming from step {start}")

@@ -17,8 +17,7 @@ from instructkit.config import SFTConfig
 from instructkit.data.encode import IGNORE, collate_right, encode_demonstrations, render_prompt
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, max_positions, save_model, set_dropout, set_threads
-from instructkit.run import (RunDir, epoch_batches, make_optimizer, make_scheduler, progress, rng_state,
-                             seed_everything, set_rng_state)
+from instructkit.run import (RunDir, epoch_batches, progress, rng_state, seed_everything, setup_training)
 
 
 def completion_loss(model, batch: dict) -> torch.Tensor:
@@ -102,15 +101,9 @@ def run(cfg: SFTConfig) -> dict:
           f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}"
           + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
-    wrapped = D.wrap(model, cfg.dist)  # DDP / FSDP2 under torchrun; before the optimiser (FSDP shards the parameters)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total)
+    wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, loss_ema = 0, None, None, None
     if state:
-        D.load_state_dict(wrapped, state["model"])
-        D.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         start, best, best_state = state["step"], state["best"], state["best_state"]
         loss_ema = state.get("loss_ema")  # so the reported train_loss is the uninterrupted run's
         print(f"sft: resuming from step {start}")
