@@ -18,7 +18,7 @@ it from the attention mask and passes position ids that skip padding, so a row s
 with left padding, right padding or none. (HF's own forward reads the rightmost non-pad token,
 which is right for both sides, but builds positions 0..T-1 regardless of the mask: with left
 padding and absolute position embeddings (GPT-2) its scores shift. With right padding, as
-`collate_sequences` pads, HF's forward and ours agree.)
+`right_pad` pads, HF's forward and ours agree.)
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from instructkit.data.encode import right_pad
 from instructkit.errors import InputError
 
 META_KEY = "instructkit_reward"
@@ -196,17 +197,6 @@ def encode_response(tok, prompt_text: str, completion: str, max_len: int, append
     return p + c, truncated
 
 
-def collate_sequences(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (N, T) input_ids and attention_mask."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Raw scalar reward of each row at its last real token: (N, T), (N, T) -> (N,).
     Any padding side: positions count real tokens only, the read position comes from the mask."""
@@ -229,7 +219,7 @@ def score_sequences(model, seqs: list[list[int]], pad_id: int, batch_size: int =
     out = [0.0] * len(seqs)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        ids, mask = collate_sequences([seqs[j] for j in idx], pad_id)
+        ids, mask = right_pad([seqs[j] for j in idx], pad_id)
         for j, s in zip(idx, reward_scores(model, ids, mask).tolist()):
             out[j] = s
     model.train(was_training)

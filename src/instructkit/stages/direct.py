@@ -37,7 +37,7 @@ from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit import losses as L
 from instructkit.config import DirectConfig
-from instructkit.data.encode import encode_text, render_prompt
+from instructkit.data.encode import encode_text, render_prompt, right_pad
 from instructkit.data.jsonl import iter_json_lines
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
@@ -145,17 +145,6 @@ def length_key(g: Group) -> int:
 
 # ----------------------------------------------------------------------------- forward
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, mask), (R, max len)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], owner: list[int],
                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over its tokens of log pi(completion | prompt) and the token count, each (N,).
@@ -167,8 +156,8 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
         return completion_logps_full(model, prompts, completions, owner, pad_id)
     dev = next(model.parameters()).device
     base, head = model.base_model, model.get_output_embeddings()
-    prompt_ids, prompt_mask = (t.to(dev) for t in _pad(prompts, pad_id))  # (G, P)
-    comp_ids, comp_mask = (t.to(dev) for t in _pad(completions, pad_id))  # (N, C)
+    prompt_ids, prompt_mask = (t.to(dev) for t in right_pad(prompts, pad_id))  # (G, P)
+    comp_ids, comp_mask = (t.to(dev) for t in right_pad(completions, pad_id))  # (N, C)
     own = torch.tensor(owner, dtype=torch.long, device=dev)  # (N,)
     plen = prompt_mask.sum(1)  # (G,)
     out = base(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
@@ -194,7 +183,7 @@ def completion_logps_full(model, prompts, completions, owner, pad_id) -> tuple[t
     """The same as `completion_logps` by the plain route: every prompt + completion as its own
     right-padded row through the whole model. The check on the fast path, and its fallback."""
     dev = next(model.parameters()).device
-    ids, mask = (t.to(dev) for t in _pad([prompts[o] + c for o, c in zip(owner, completions)], pad_id))  # (N, T)
+    ids, mask = (t.to(dev) for t in right_pad([prompts[o] + c for o, c in zip(owner, completions)], pad_id))  # (N, T)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (N, T-1, V)
     lp = L.token_logprobs(logits, ids[:, 1:])  # (N, T-1)
     plen = torch.tensor([len(prompts[o]) for o in owner], device=dev)

@@ -22,11 +22,11 @@ import torch
 from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit.config import RMConfig
-from instructkit.data.encode import render_prompt
+from instructkit.data.encode import render_prompt, right_pad
 from instructkit.errors import InputError
 from instructkit.losses import ranking_loss
 from instructkit.models import count_parameters, load_tokenizer, save_model, set_dropout, set_threads
-from instructkit.reward import (META_KEY, Normalization, check_same_tokenizer, collate_sequences,
+from instructkit.reward import (META_KEY, Normalization, check_same_tokenizer,
                                 create_reward_model, encode_response, reward_scores, score_sequences,
                                 tokenizer_fingerprint, max_positions, quiet_transformers)
 from instructkit.run import (RunDir, epoch_permutation, progress, rng_state, seed_everything, setup_training)
@@ -40,7 +40,7 @@ def collate_rankings(items: list[EncodedRanking], pad_id: int) -> dict[str, torc
     """All completions of all prompts as one right-padded batch of N = sum K rows.
     -> input_ids, attention_mask (N, T); ranks (B, Kmax) long; valid (B, Kmax) bool."""
     B, kmax = len(items), max(len(it.seqs) for it in items)
-    ids, mask = collate_sequences([s for it in items for s in it.seqs], pad_id)  # (N, T)
+    ids, mask = right_pad([s for it in items for s in it.seqs], pad_id)  # (N, T)
     ranks = torch.zeros((B, kmax), dtype=torch.long)
     valid = torch.zeros((B, kmax), dtype=torch.bool)
     for b, it in enumerate(items):
