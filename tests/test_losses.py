@@ -33,6 +33,7 @@ from instructkit.losses import (
     ppo_value_loss,
     ranking_loss,
     ranking_pairs,
+    rloo_advantages,
     shaped_rewards,
     slic_loss,
     token_logprobs,
@@ -277,6 +278,22 @@ def test_gae_lam_one_gives_discounted_returns():
     # [1 + 0.9*0 + 0.81*2, 0 + 0.9*2, 2] = [2.62, 1.8, 2.0]
     _, ret = gae(t([[1.0, 0.0, 2.0]]), t([[0.3, -4.0, 1.0]]), torch.ones(1, 3), gamma=0.9, lam=1.0)
     assert_close(ret, t([[2.62, 1.8, 2.0]]), **ATOL)
+
+
+def test_rloo_advantages_by_hand():
+    # two prompts x 3 samples; shaped rewards summed over the real tokens give returns
+    #   group 1: [1 + 0.5, 2, 0 (masked 9 ignored)] = [1.5, 2.0, 0.0]
+    #     baselines: (2+0)/2 = 1.0, (1.5+0)/2 = 0.75, (1.5+2)/2 = 1.75 -> adv [0.5, 1.25, -1.75]
+    #   group 2: [3, 3, 0] -> baselines [1.5, 1.5, 3] -> adv [1.5, 1.5, -3.0]
+    rewards = t([[1.0, 0.5], [2.0, 0.0], [0.0, 9.0], [3.0, 0.0], [0.0, 3.0], [0.0, 0.0]])
+    mask = t([[1, 1], [1, 0], [1, 0], [1, 1], [1, 1], [1, 1]])
+    adv = rloo_advantages(rewards, mask, group_size=3)
+    expected = t([[0.5, 0.5], [1.25, 0.0], [-1.75, 0.0], [1.5, 1.5], [1.5, 1.5], [-3.0, -3.0]])
+    assert_close(adv, expected, **ATOL)
+    with pytest.raises(ValueError):
+        rloo_advantages(rewards, mask, group_size=4)  # 6 rows are not groups of 4
+    with pytest.raises(ValueError):
+        rloo_advantages(rewards, mask, group_size=1)  # no other sample to be the baseline
 
 
 @pytest.mark.parametrize(

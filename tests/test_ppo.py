@@ -228,3 +228,23 @@ def test_value_warmup_freezes_the_policy(tiny_chain, tmp_path):
     v0 = load_file(tiny_chain["rm"] / "model.safetensors")
     v1 = load_file(out / "value_model" / "model.safetensors")
     assert any(not torch.equal(v0[k], v1[k]) for k in v0 if k in v1)
+
+
+def test_rloo_trains_without_a_value_model(tiny_chain, tmp_path, capsys):
+    """advantage=rloo: k samples per prompt, each baselined by the others; no value model is
+    loaded, trained or saved, and the policy moves."""
+    out = tmp_path / "rloo"
+    assert main(ppo_argv(tiny_chain, out, "advantage=rloo", "samples_per_prompt=4", "select=last",
+                         "eval_prompts=")) == 0
+    assert "no value model (RLOO)" in capsys.readouterr().out
+    assert not (out / "value_model").exists()
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and "explained_variance" not in rows[0] and "vf_loss" not in rows[0]
+    before = load_file(tiny_chain["sft"] / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # groups must tile the rollout, and rloo needs a second sample to compare with
+    assert main(ppo_argv(tiny_chain, tmp_path / "bad1", "advantage=rloo", "samples_per_prompt=1")) == 2
+    assert main(ppo_argv(tiny_chain, tmp_path / "bad2", "samples_per_prompt=3")) == 2
+    assert "samples_per_prompt" in capsys.readouterr().err
+    assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()

@@ -385,6 +385,8 @@ class PPOConfig(StageConfig):
     temperature: float = F(1.0, "sampling temperature, also applied in every log-prob pass")
     missing_eos_penalty: float = F(-1.0, "score given to a response that never emits EOS (replaces the RM score); 0 = off")
     kl: KLConfig = F(KLConfig(), "KL penalty")
+    samples_per_prompt: int = F(1, "responses sampled per prompt in a rollout (InstructGPT: 1); rollout_batch must be a multiple")
+    advantage: Literal["gae", "rloo"] = F("gae", "gae: value model + GAE (InstructGPT); rloo: leave-one-out baseline over each prompt's samples, no value model (needs samples_per_prompt >= 2)")
     gamma: float = F(1.0, "GAE discount (InstructGPT: 1)")
     lam: float = F(0.95, "GAE lambda (InstructGPT: 0.95)")
     clip_range: float = F(0.2, "PPO policy ratio clip (InstructGPT: 0.2)")
@@ -434,8 +436,9 @@ class BoNConfig(StageConfig):
 
 @dataclass
 class RMData:
-    train: str = F("", "K-way rankings JSONL (required): {\"prompt\",\"completions\",\"ranks\"}, TRL pairs "
-                       "{\"prompt\",\"chosen\",\"rejected\"} or ratings {\"prompt\",\"completions\",\"scores\"}")
+    train: list[str] = F([], "K-way rankings JSONL (required): {\"prompt\",\"completions\",\"ranks\"}, TRL pairs "
+                             "{\"prompt\",\"chosen\",\"rejected\"} or ratings {\"prompt\",\"completions\",\"scores\"}; "
+                             "several files (a YAML list or comma-separated) are concatenated")
     val: str = F("", "held-out rankings (optional; without it `val_fraction` of the training prompts is held out)")
     val_fraction: float = F(0.05, "share of training prompts held out when `val` is empty (split by prompt text); 0 = none")
     max_len: int = F(256, "maximum tokens of prompt + completion (+ EOS); the prompt is cut from the left first; "

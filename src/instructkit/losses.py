@@ -238,6 +238,23 @@ def gae(
     return advantages, returns
 
 
+def rloo_advantages(rewards: Tensor, mask: Tensor, group_size: int) -> Tensor:
+    """Leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024), (B, T).
+
+    rewards (B, T) are the KL-shaped per-token rewards; rows come in consecutive groups of
+    `group_size` samples of one prompt. Each row's return is its reward summed over the response;
+    its baseline is the mean return of the other rows of its group; the difference is the
+    advantage of every response token (0 where mask is 0). No value model is involved.
+    """
+    B = rewards.shape[0]
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"rloo needs groups of >= 2 samples per prompt that tile the batch (B={B}, k={group_size})")
+    returns = (rewards * mask).sum(1).view(-1, group_size)  # (B/k, k)
+    baseline = (returns.sum(1, keepdim=True) - returns) / (group_size - 1)  # mean of the other k-1
+    adv = (returns - baseline).reshape(B, 1)  # (B, 1)
+    return torch.where(mask.bool(), adv.expand_as(mask), torch.zeros_like(rewards))
+
+
 def kl_controller_update(
     beta: float, kl: float, target: float, horizon: float, n_steps: int
 ) -> float:

@@ -69,6 +69,15 @@ def _check(cfg: PPOConfig) -> None:
     if cfg.rollout_batch % cfg.minibatch:
         raise InputError(f"rollout_batch ({cfg.rollout_batch}) must be a multiple of minibatch ({cfg.minibatch})",
                          field="minibatch")
+    if cfg.samples_per_prompt < 1 or cfg.rollout_batch % cfg.samples_per_prompt:
+        raise InputError(f"rollout_batch ({cfg.rollout_batch}) must be a multiple of samples_per_prompt "
+                         f"({cfg.samples_per_prompt})", field="samples_per_prompt")
+    if cfg.advantage == "rloo" and cfg.samples_per_prompt < 2:
+        raise InputError("advantage=rloo needs samples_per_prompt >= 2 (the other samples are the baseline)",
+                         field="samples_per_prompt")
+    if cfg.advantage == "rloo" and cfg.value_warmup_iterations:
+        raise InputError("value_warmup_iterations has no value model to warm up under advantage=rloo",
+                         field="value_warmup_iterations")
     if cfg.temperature <= 0:
         raise InputError("PPO samples: temperature must be > 0", field="temperature")
     if cfg.minibatch < D.world_size():
@@ -87,8 +96,9 @@ def run(cfg: PPOConfig) -> dict:
     threads = set_threads(cfg.threads)
     D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
     _check(cfg)
+    critic = cfg.advantage == "gae"  # rloo: no value model at all
     if is_scorer_spec(cfg.reward_model):
-        if not cfg.value_model:
+        if critic and not cfg.value_model:
             raise InputError("a scorer reward (e.g. spec:FILE) has no value head: set value_model to a reward-model "
                              "directory that shares the policy's tokenizer", field="value_model")
     else:
@@ -100,13 +110,14 @@ def run(cfg: PPOConfig) -> dict:
     policy, tok = load_causal_lm(cfg.policy)
     reference, ref_tok = load_causal_lm(cfg.reference or cfg.policy)
     reward_fn = reward_function(cfg.reward_model)  # an RM directory, or a scorer spec such as spec:FILE
-    value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model, tok, cfg.policy)
+    value_model, value_norm = _value_model(cfg.value_model or cfg.reward_model, tok, cfg.policy) if critic else (None, None)
     if ref_tok.get_vocab() != tok.get_vocab():
         raise InputError("the reference's tokenizer differs from the policy's", path=cfg.reference)
     gold = get_scorer(cfg.gold) if cfg.gold else None
     judge = get_scorer(cfg.eval_scorer) if cfg.eval_scorer else reward_fn
     for m in (policy, reference, value_model):
-        set_dropout(m, 0.0)  # InstructGPT detail: no dropout in PPO (log-probs must match the sampler's)
+        if m is not None:
+            set_dropout(m, 0.0)  # InstructGPT detail: no dropout in PPO (log-probs must match the sampler's)
     reference.eval().requires_grad_(False)
 
     rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
@@ -119,33 +130,39 @@ def run(cfg: PPOConfig) -> dict:
     state = rundir.start()
     seed_everything(cfg.seed)
     iterations = max(1, cfg.episodes // cfg.rollout_batch)
-    per_epoch = max(1, len(prompts) // cfg.rollout_batch)
+    group = cfg.samples_per_prompt
+    n_prompts = cfg.rollout_batch // group  # distinct prompts per rollout
+    per_epoch = max(1, len(prompts) // n_prompts)
     ptx_per_step = int(round(cfg.ptx_per_episode * cfg.minibatch)) if ptx_blocks is not None else 0
-    print(f"ppo: policy {count_parameters(policy) / 1e6:.2f}M, value {count_parameters(value_model) / 1e6:.2f}M; "
-          f"{iterations} iterations x {cfg.rollout_batch} episodes, {cfg.ppo_epochs} epoch(s) of minibatch "
+    print(f"ppo: policy {count_parameters(policy) / 1e6:.2f}M, "
+          + (f"value {count_parameters(value_model) / 1e6:.2f}M (GAE); " if critic else "no value model (RLOO); ")
+          + f"{iterations} iterations x {cfg.rollout_batch} episodes ({n_prompts} prompts x {group}), "
+          f"{cfg.ppo_epochs} epoch(s) of minibatch "
           f"{cfg.minibatch}; beta {cfg.kl.coef}{' (adaptive)' if cfg.kl.adaptive else ''}; "
           f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}"
           + (f"; {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
 
     # DDP / FSDP2 under torchrun (the reference and the reward model are frozen: a copy per process)
-    policy_w, value_w = D.wrap(policy, cfg.dist), D.wrap(value_model, cfg.dist)
+    policy_w = D.wrap(policy, cfg.dist)
+    value_w = D.wrap(value_model, cfg.dist) if critic else None
 
     opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-    opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps, fused=True)
+    opt_v = torch.optim.Adam(value_model.parameters(), lr=cfg.value_lr, eps=cfg.adam_eps, fused=True) if critic else None
     warm = lambda it: min(1.0, (it + 1) / max(1, cfg.warmup_iterations))  # noqa: E731 (constant after warm-up)
     sch_pi = torch.optim.lr_scheduler.LambdaLR(opt_pi, warm)
-    sch_v = torch.optim.lr_scheduler.LambdaLR(opt_v, warm)
+    sch_v = torch.optim.lr_scheduler.LambdaLR(opt_v, warm) if critic else None
     kl_coef = cfg.kl.coef
     start, best, best_state, ema_state = 0, None, None, None
     if cfg.ema > 0:
         ema_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     if state:
         D.load_state_dict(policy_w, state["policy"])
-        D.load_state_dict(value_w, state["value"])
         D.load_optimizer_state_dict(policy_w, opt_pi, state["opt_pi"])
-        D.load_optimizer_state_dict(value_w, opt_v, state["opt_v"])
         sch_pi.load_state_dict(state["sch_pi"])
-        sch_v.load_state_dict(state["sch_v"])
+        if critic:
+            D.load_state_dict(value_w, state["value"])
+            D.load_optimizer_state_dict(value_w, opt_v, state["opt_v"])
+            sch_v.load_state_dict(state["sch_v"])
         set_rng_state(state["rng"])
         start, kl_coef, best, best_state, ema_state = (state["iteration"], state["kl_coef"], state["best"],
                                                        state["best_state"], state["ema_state"])
@@ -161,7 +178,7 @@ def run(cfg: PPOConfig) -> dict:
         # rollout
         epoch, i = divmod(it, per_epoch)
         order = epoch_permutation(cfg.seed, epoch, len(prompts))
-        idx = [order[(i * cfg.rollout_batch + j) % len(prompts)] for j in range(cfg.rollout_batch)]
+        idx = [order[(i * n_prompts + j) % len(prompts)] for j in range(n_prompts) for _ in range(group)]
         input_ids, attn = left_pad([prompt_ids[j] for j in idx], tok.pad_token_id)
         P = input_ids.shape[1]
         lo, hi = D.shard_bounds(cfg.rollout_batch)  # this process's episodes (all of them without torchrun)
@@ -193,7 +210,8 @@ def run(cfg: PPOConfig) -> dict:
         with torch.no_grad(), D.gathered(policy_w), D.gathered(value_w):
             old_logprobs, _ = response_logprobs(policy, seq, full_attn, P, cfg.temperature)
             ref_logprobs, _ = response_logprobs(reference, seq, full_attn, P, cfg.temperature)
-            old_values = response_values(value_model, seq, full_attn, P, *value_norm)
+            old_values = (response_values(value_model, seq, full_attn, P, *value_norm) if critic
+                          else torch.zeros_like(old_logprobs))
         # from here on every process holds the whole rollout batch, in its order: whitening, the KL
         # controller and the minibatches see global statistics, exactly as one process would
         seq, full_attn, mask, old_logprobs, ref_logprobs, old_values = (
@@ -207,15 +225,19 @@ def run(cfg: PPOConfig) -> dict:
         kl_seq = (kl * mask).sum(1)  # (B,) nats per response
         k3_seq = (kl_est["k3"] * mask).sum(1)
 
-        # GAE
-        advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        # advantages: GAE over the value model's estimates, or each prompt's other samples as the baseline
+        if critic:
+            advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        else:
+            advantages, returns = L.rloo_advantages(rewards, mask, group), None
         if cfg.whiten_advantages:
             advantages = L.whiten(advantages, mask) * mask
 
         # PPO epochs
         t0 = time.time()
         policy.train()
-        value_model.train()
+        if critic:
+            value_model.train()
         stats: dict[str, list[float]] = {}
         for ppo_epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.rollout_batch, generator=sample_gen)
@@ -250,18 +272,20 @@ def run(cfg: PPOConfig) -> dict:
                         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
                     opt_pi.step()
 
-                values = value_w(lambda m: response_values(m, seq[mine], full_attn[mine], P, *value_norm))
-                v_loss, v_stats = L.ppo_value_loss(values, old_values[mine], returns[mine], mask[mine], cfg.vf_clip)
-                opt_v.zero_grad(set_to_none=True)
-                D.backward(cfg.vf_coef * v_loss * share, 1.0)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
-                opt_v.step()
-                mb_stats.update({k: float(v.detach()) * share for k, v in {"vf_loss": v_loss, **v_stats}.items()})
+                if critic:
+                    values = value_w(lambda m: response_values(m, seq[mine], full_attn[mine], P, *value_norm))
+                    v_loss, v_stats = L.ppo_value_loss(values, old_values[mine], returns[mine], mask[mine], cfg.vf_clip)
+                    opt_v.zero_grad(set_to_none=True)
+                    D.backward(cfg.vf_coef * v_loss * share, 1.0)
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+                    opt_v.step()
+                    mb_stats.update({k: float(v.detach()) * share for k, v in {"vf_loss": v_loss, **v_stats}.items()})
                 for k, v in D.all_reduce_sum(mb_stats).items():  # token-weighted shares: the minibatch's means
                     stats.setdefault(k, []).append(v)
         sch_pi.step()
-        sch_v.step()
+        if critic:
+            sch_v.step()
         if ema_state is not None:
             with torch.no_grad():
                 for k, v in policy.state_dict().items():
@@ -282,7 +306,7 @@ def run(cfg: PPOConfig) -> dict:
             "kl": mean_kl, "kl_se": (kl_seq.std() / math.sqrt(len(kl_seq))).item(), "kl_k3": k3_seq.mean().item(),
             "kl_coef": kl_coef,
             "response_length": mask.sum(1).mean().item(), "eos_rate": ended_with_eos.float().mean().item(),
-            "explained_variance": float(L.explained_variance(old_values, returns, mask)),
+            **({"explained_variance": float(L.explained_variance(old_values, returns, mask))} if critic else {}),
             **{k: sum(v) / len(v) for k, v in stats.items()},
             "time_rollout": t_roll, "time_score": t_score, "time_train": t_train,
         }
@@ -320,9 +344,11 @@ def run(cfg: PPOConfig) -> dict:
             print(f"\nppo: iteration time split: rollout {t_roll:.2f}s, scoring {t_score:.2f}s, training {t_train:.2f}s")
         if done % cfg.save_every == 0 and done < iterations:
             rundir.save_checkpoint({"step": done, "iteration": done, "policy": D.state_dict(policy_w),
-                                    "value": D.state_dict(value_w), "opt_pi": D.optimizer_state_dict(policy_w, opt_pi),
-                                    "opt_v": D.optimizer_state_dict(value_w, opt_v),
-                                    "sch_pi": sch_pi.state_dict(), "sch_v": sch_v.state_dict(), "rng": rng_state(),
+                                    "value": D.state_dict(value_w) if critic else None,
+                                    "opt_pi": D.optimizer_state_dict(policy_w, opt_pi),
+                                    "opt_v": D.optimizer_state_dict(value_w, opt_v) if critic else None,
+                                    "sch_pi": sch_pi.state_dict(), "sch_v": sch_v.state_dict() if critic else None,
+                                    "rng": rng_state(),
                                     "kl_coef": kl_coef, "best": best, "best_state": best_state,
                                     "ema_state": ema_state})
     bar.close()
@@ -335,10 +361,12 @@ def run(cfg: PPOConfig) -> dict:
             D.load_state_dict(policy_w, ema_state)
         selected = iterations
     # fsdp: the whole models gathered on every process; otherwise the models themselves
-    policy, value_model = D.full_model(policy_w), D.full_model(value_w)
+    policy = D.full_model(policy_w)
+    value_model = D.full_model(value_w) if critic else None
     if D.is_main():
         save_model(policy, tok, cfg.out)
-        value_model.save_pretrained(str(rundir.out / "value_model"), safe_serialization=True)
+        if critic:
+            value_model.save_pretrained(str(rundir.out / "value_model"), safe_serialization=True)
     metrics = {k: last.get(k) for k in ("reward_rm", "reward_gold", "kl", "kl_coef", "eos_rate", "response_length")
                if last.get(k) is not None}
     metrics["selected_iteration"] = selected
