@@ -314,3 +314,55 @@ def test_resume_after_kill_ends_with_identical_weights(world, tmp_path, monkeypa
                 for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert log(tmp_path / "full") == log(out)
     assert main(rm_args(world, out, *extra)) == 0 and "already complete" in capsys.readouterr().out
+
+
+def test_several_rankings_files_are_concatenated(world, tmp_path, capsys):
+    """data.train takes a YAML list or a comma-separated string (iterated rounds: every round's
+    rankings so far); records are concatenated in order, errors name the file they are in, and the
+    run's identity covers every file, so a changed one is noticed on resume."""
+    from instructkit.config import RMConfig, load_config
+    from instructkit.errors import InputError
+    from instructkit.run import RunDir, file_sha256
+    from instructkit.stages.rm_eval import load_rankings
+
+    lines = Path(world["train"]).read_text().splitlines(keepends=True)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(lines[:50]))
+    b.write_text("".join(lines[50:]))
+    whole = load_rankings(world["train"])
+    assert load_rankings([str(a), str(b)]) == whole and load_rankings(f"{a},{b}") == whole
+    y = tmp_path / "rm.yaml"
+    y.write_text(f"data:\n  train: [{a}, {b}]\n")
+    assert load_config(RMConfig, str(y)).data.train == [str(a), str(b)]
+    assert load_config(RMConfig, overrides=[f"data.train={a},{b}"]).data.train == [str(a), str(b)]
+    assert load_config(RMConfig, overrides=[f"data.train={a}"]).data.train == [str(a)]
+
+    out = tmp_path / "rm"
+    assert main(rm_args(world, out, f"data.train={a},{b}", "data.val_fraction=0")) == 0
+    assert f"{len(whole) - 2} training rankings" in capsys.readouterr().out  # 1 not_rankable, 1 tied
+    meta = json.loads((out / "instructkit.json").read_text())
+    assert meta["config"]["data"]["train"] == [str(a), str(b)]
+    assert meta["inputs"]["data.train"]["path"] == [str(a), str(b)]
+
+    # a bad record in the second file is reported with that file and its own line number
+    bad = json.loads(lines[52])
+    bad["ranks"] = bad["ranks"][:-1]
+    b2 = tmp_path / "b2.jsonl"
+    b2.write_text("".join(lines[50:52]) + json.dumps(bad) + "\n")
+    assert main(rm_args(world, tmp_path / "rm_bad", f"data.train={a},{b2}")) == 2
+    err = capsys.readouterr().err
+    assert f"{b2}:3" in err and "field 'ranks'" in err and not (tmp_path / "rm_bad").exists()
+
+    # resuming an unfinished run: a changed second file (or a different order) is a different run
+    cfg = RMConfig(out=str(tmp_path / "unfinished"))
+    cfg.data.train = [str(a), str(b)]
+    first = RunDir(cfg.out, "rm", cfg, {"data.train": cfg.data.train})
+    first.start()
+    assert RunDir(cfg.out, "rm", cfg, {"data.train": cfg.data.train}).start() is None  # same inputs: continues
+    # one file in a list is recorded as before: its path and its own digest
+    assert RunDir(str(tmp_path / "x"), "rm", cfg, {"data.train": [str(a)]}).inputs["data.train"] == {
+        "path": str(a), "sha256": file_sha256(a)}
+    assert RunDir(cfg.out, "rm", cfg, {"data.train": [str(b), str(a)]}).inputs != first.inputs
+    b.write_text("".join(lines[51:]))
+    with pytest.raises(InputError, match="different config or data"):
+        RunDir(cfg.out, "rm", cfg, {"data.train": cfg.data.train}).start()

@@ -43,6 +43,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _input_record(value) -> dict:
+    """{"path", "sha256"} of one input. Several files (a list) record the list and one digest over
+    the files' digests in order, so a change to any of them, or to their order, changes it."""
+    if isinstance(value, (list, tuple)) and len(value) != 1:
+        digests = "\n".join(file_sha256(v) for v in value)
+        return {"path": [str(v) for v in value], "sha256": hashlib.sha256(digests.encode()).hexdigest()}
+    path = value[0] if isinstance(value, (list, tuple)) else value
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
 def code_version() -> str:
     from instructkit import __version__
     return __version__
@@ -68,7 +78,7 @@ class RunDir:
         self.stage = stage
         self.cfg = cfg
         self.config = asdict(cfg)
-        self.inputs = {k: {"path": str(v), "sha256": file_sha256(v)} for k, v in inputs.items() if v}
+        self.inputs = {k: _input_record(v) for k, v in inputs.items() if v}
         self.ckpt = self.out / "checkpoint"
         self.metrics_path = self.out / "metrics.jsonl"
         self.started = time.time()

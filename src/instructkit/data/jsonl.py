@@ -28,6 +28,13 @@ def check_readable_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
+def split_paths(value: str | os.PathLike | list | tuple) -> list[str]:
+    """One path, a comma-separated string of paths, or a list of them -> a list of paths."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if str(v) != ""]
+    return [v for v in str(value).split(",") if v != ""] if value else []
+
+
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, object) for every non-blank line; every line must be a JSON object."""
     p = check_readable_file(path, "JSONL file")

@@ -23,6 +23,7 @@ from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit.config import RMConfig
 from instructkit.data.encode import render_prompt, right_pad
+from instructkit.data.jsonl import split_paths
 from instructkit.errors import InputError
 from instructkit.losses import ranking_loss
 from instructkit.models import count_parameters, load_tokenizer, save_model, set_dropout, set_threads
@@ -148,10 +149,11 @@ def run(cfg: RMConfig) -> dict:
         raise InputError("the reward model's micro-batches are set by `micro_batch_size`", field="dist.micro_batch_size")
 
     # validate every input before the output directory exists
-    train_all, flagged, tied = rankable(load_rankings(cfg.data.train))
+    train_files = split_paths(cfg.data.train)  # several rankings files are concatenated (iterated rounds)
+    train_all, flagged, tied = rankable(load_rankings(train_files))
     val_all, vflagged, vtied = rankable(load_rankings(cfg.data.val)) if cfg.data.val else ([], 0, 0)
     if not train_all:
-        raise InputError("no record has a ranked pair (all not_rankable or tied)", path=cfg.data.train)
+        raise InputError("no record has a ranked pair (all not_rankable or tied)", path=", ".join(train_files))
     if cfg.data.val:
         train, val = train_all, val_all
     else:
@@ -173,7 +175,7 @@ def run(cfg: RMConfig) -> dict:
     items, n_trunc = encode_rankings(train, tok, cfg.template, max_len, cfg.append_eos)
     val_items, _ = encode_rankings(val, tok, cfg.template, max_len, cfg.append_eos)
 
-    rundir = D.main_only(RunDir(cfg.out, "rm", cfg, {"model": cfg.model, "data.train": cfg.data.train,
+    rundir = D.main_only(RunDir(cfg.out, "rm", cfg, {"model": cfg.model, "data.train": train_files,
                                                      "data.val": cfg.data.val, "normalize.data": cfg.normalize.data}))
     state = rundir.start()
     seed_everything(cfg.seed)
@@ -182,7 +184,8 @@ def run(cfg: RMConfig) -> dict:
     n_pairs_total = sum(len(r.pairs()) for r in train)
     ks = sorted({r.k for r in train})
     print(f"rm: {count_parameters(model) / 1e6:.2f}M parameters ({'new head' if fresh_head else 'continuing an RM'}), "
-          f"{len(train)} training rankings of {len({r.prompt for r in train})} prompts (K {ks[0]}-{ks[-1]}, "
+          f"{len(train)} training rankings of {len({r.prompt for r in train})} prompts"
+          + (f" from {len(train_files)} files" if len(train_files) > 1 else "") + f" (K {ks[0]}-{ks[-1]}, "
           f"{n_pairs_total} ranked pairs, {n_trunc} sequences "
           f"truncated to {max_len} tokens), {len(val)} held out; skipped {flagged + vflagged} not_rankable and "
           f"{tied + vtied} all-tied records; {cfg.epochs} epoch(s) = {total} steps x {cfg.batch_size} prompts, "

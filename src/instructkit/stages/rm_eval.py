@@ -19,7 +19,7 @@ from pathlib import Path
 
 from instructkit.config import RMEvalConfig
 from instructkit.data.encode import render_prompt
-from instructkit.data.jsonl import iter_json_lines, write_json
+from instructkit.data.jsonl import iter_json_lines, split_paths, write_json
 from instructkit.data.records import Ranking, parse_ranking
 from instructkit.errors import InputError
 
@@ -40,9 +40,14 @@ def _as_contract(obj: dict, path: str, line: int) -> dict:
     return import_trl_pair(obj, path, line)[1]
 
 
-def load_rankings(path: str) -> list[Ranking]:
+def load_rankings(paths: str | list[str]) -> list[Ranking]:
     """Rankings, pairs (TRL's formats, HH-RLHF transcripts) or ratings, validated, including the
-    meta fields evaluation reads."""
+    meta fields evaluation reads. Several files (a list, or comma-separated) are concatenated in
+    order; an error names the file and line it is in."""
+    return [r for path in split_paths(paths) for r in _load_ranking_file(path)]
+
+
+def _load_ranking_file(path: str) -> list[Ranking]:
     out = []
     for line, obj in iter_json_lines(path):
         r = parse_ranking(_as_contract(obj, str(path), line), str(path), line)
