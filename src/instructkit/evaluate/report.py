@@ -111,7 +111,49 @@ def build_summary(cfg: ReportConfig) -> dict:
     if bon.exists():
         summary["bon"] = json.loads(bon.read_text())
     summary["overoptimisation"] = _overopt(summary, root, cfg)
+    rounds = _rounds(root)
+    if rounds:
+        summary["rounds"] = rounds
     return summary
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _rounds(root: Path) -> list[dict]:
+    """Iterated RLHF (a pipeline's `rounds:`): per round, its RM's gates and held-out accuracies
+    and its eval's win rates. Round 1 is ROOT/rm; round R is ROOT/round_R/{rm,eval}."""
+    later = sorted((int(d.name[6:]), d) for d in root.glob("round_*") if d.is_dir() and d.name[6:].isdigit())
+    if not later:
+        return []
+    out = []
+    for r, d in [(1, root), *later]:
+        meta = _read_json(d / "rm" / "instructkit.json")
+        row = {"round": r, "gates": meta.get("gates", {}),
+               **{k: meta.get("metrics", {}).get(k) for k in ("val_accuracy", "val_gold_accuracy")}}
+        ev = _read_json(d / "eval" / "eval.json") if r > 1 else {}
+        if ev:
+            row["eval"] = {"baseline": ev.get("baseline"),
+                           "win_rate": {m: v["win_rate"] for m, v in ev.get("models", {}).items() if v.get("win_rate")}}
+        out.append(row)
+    return out
+
+
+def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(round, RM best-of-K gain, RM held-out accuracy (vs gold), eval win rates) per round."""
+    rows = []
+    for r in rounds:
+        g = r["gates"]
+        gain = f"{g['bon_gain']:+.4f} (K {g.get('bon_n', '?')}, {g.get('judge', '?')})" if "bon_gain" in g else "n/a"
+        acc = f"{_pct(r.get('val_accuracy'))} (gold {_pct(r.get('val_gold_accuracy'))})"
+        ev = r.get("eval")
+        wins = "; ".join(f"{m} vs {ev['baseline']}: {_interval(w)}" for m, w in ev["win_rate"].items()) if ev else "n/a"
+        rows.append((str(r["round"]), gain, acc, wins))
+    return rows
 
 
 def _overopt(summary: dict, root: Path, cfg: ReportConfig) -> dict:
@@ -210,6 +252,11 @@ def render(summary: dict, figs, samples: list[dict], rows) -> str:
              "<h2>Paper figure vs this run</h2><table id='claims'><tr><th>claim</th><th>paper</th><th>this run</th></tr>"]
     parts += [f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in rows]
     parts.append("</table>")
+    if summary.get("rounds"):
+        parts.append("<h2>Rounds</h2><table id='rounds'><tr><th>round</th><th>RM best-of-K gain (gate)</th>"
+                     "<th>RM held-out accuracy</th><th>eval win rates</th></tr>")
+        parts += [f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rounds_table(summary["rounds"])]
+        parts.append("</table>")
     for title, png in figs:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{png}'>")
     if samples:
@@ -247,4 +294,6 @@ def run(cfg: ReportConfig) -> dict:
     for a, b, c in rows:
         print(f"  {a[:width]:<{width}} | paper: {b}")
         print(f"  {'':<{width}} | run:   {c}")
+    for r, gain, acc, wins in rounds_table(summary.get("rounds", [])):
+        print(f"  round {r}: RM best-of-K gain {gain}, held-out accuracy {acc}; {wins}")
     return summary

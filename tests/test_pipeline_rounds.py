@@ -1,0 +1,291 @@
+"""Iterated RLHF rounds in a pipeline (`rounds:`): the expansion into ordinary stages (names, args,
+outputs, every round's rankings in data.train, policy and reference chaining) without running
+anything; bad blocks as exit-2 errors; the built-in `slice`; a tiny two-round run on the sandbox
+chain, killed between rounds and inside round 2's RM, resumed to the end; the report's rounds
+section on a fake run directory."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from instructkit import pipeline
+from instructkit.cli import main
+from instructkit.errors import InputError
+from instructkit.evaluate import report
+from instructkit.pipeline import load_pipeline, run_pipeline, slice_lines
+from instructkit.run import is_complete
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sandbox_chain import tiny_chain  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ROUNDS = {"count": 3, "prompts": "{world}/prompts/ppo.jsonl", "n_prompts": 5,
+          "label": {"command": "world label", "args": {"world": "{world}", "k": "2..3", "pool": "train"}},
+          "rm": {"from": "rm"}, "policy": {"from": "ppo"}, "eval": {"from": "eval"}}
+
+
+def spec(root: Path, world: str = "W", sft: str = "S", rankings: str = "R.jsonl", rounds: dict | None = None,
+         tail: list | None = None) -> dict:
+    """A pipeline: rm -> ppo -> eval (each round repeats them), then whatever `tail` adds."""
+    return {"out": str(root), "vars": {"world": world, "sft": sft},
+            "rounds": {**ROUNDS, **(rounds or {})},
+            "stages": [
+                {"name": "rm", "command": "rm",
+                 "args": {"model": "{sft}", "data": {"train": rankings}, "batch_size": 16, "save_every": 1,
+                          "threads": 1}},
+                {"name": "ppo", "command": "ppo",
+                 "args": {"policy": "{sft}", "reward_model": "{rm}", "prompts": "{world}/prompts/ppo.jsonl",
+                          "eval_prompts": "", "select": "last", "episodes": 16, "rollout_batch": 8, "minibatch": 8,
+                          "ppo_epochs": 1, "warmup_iterations": 1, "max_new_tokens": 16, "require_gate": False,
+                          "threads": 1}},
+                {"name": "eval", "command": "eval",
+                 "args": {"models": ["sft={sft}", "ppo={ppo}"], "baseline": "sft", "prompts": "{world}/prompts/eval.jsonl",
+                          "world": "{world}", "judge": "panel", "n_prompts": 8, "max_new_tokens": 16,
+                          "alignment_tax": False, "threads": 1}},
+                *(tail or [])]}
+
+
+def write(path: Path, obj: dict) -> str:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return str(path)
+
+
+def test_rounds_expand_into_ordinary_stages(tmp_path):
+    root = tmp_path / "run"
+    tail = [{"name": "final", "command": "eval",
+             "args": {"models": ["round1={ppo}", "round3={round_3/policy}"], "baseline": "round1",
+                      "prompts": "P", "rm3": "{round_3/rm}"}}]
+    cfg = write(tmp_path / "p.yaml", spec(root, tail=tail))
+    _, stages = load_pipeline(cfg, {"stage_args": {"ppo": {"episodes": 8}, "round_3/rm": {"epochs": 2}}})
+    by = {s.name: s for s in stages}
+    kinds = ["prompts", "rankings", "rm", "policy", "eval"]
+    assert [s.name for s in stages] == ["rm", "ppo", "eval", *[f"round_{r}/{k}" for r in (2, 3) for k in kinds],
+                                        "final"]
+    for r in (2, 3):
+        d = f"{root}/round_{r}"
+        assert [by[f"round_{r}/{k}"].out for k in kinds] == [
+            f"{d}/prompts.jsonl", f"{d}/rankings.jsonl", f"{d}/rm", f"{d}/policy", f"{d}/eval"]
+        assert all(by[f"round_{r}/{k}"].group is None for k in kinds)
+        previous = f"{root}/ppo" if r == 2 else f"{root}/round_2/policy"
+        # fresh prompts: a different slice of the file per round
+        assert by[f"round_{r}/prompts"].command == "slice"
+        assert by[f"round_{r}/prompts"].args == {"input": "W/prompts/ppo.jsonl", "start": (r - 2) * 5, "n": 5,
+                                                 "out": f"{d}/prompts.jsonl"}
+        # the labelers rank samples of the previous round's policy
+        assert by[f"round_{r}/rankings"].command == "world label"
+        assert by[f"round_{r}/rankings"].args == {"world": "W", "k": "2..3", "pool": "train", "model": previous,
+                                                  "prompts": f"{d}/prompts.jsonl", "out": f"{d}/rankings.jsonl"}
+        # the RM: the same args, on round 1's rankings and every later round's
+        rm = by[f"round_{r}/rm"].args
+        assert rm["data"]["train"] == ["R.jsonl"] + [f"{root}/round_{q}/rankings.jsonl" for q in range(2, r + 1)]
+        assert (rm["model"], rm["batch_size"], rm["out"]) == ("S", 16, f"{d}/rm")
+        # the policy continues from the last round's against this round's RM; KL stays measured to SFT
+        pol = by[f"round_{r}/policy"].args
+        assert (pol["policy"], pol["reference"], pol["reward_model"], pol["out"]) == (previous, "S", f"{d}/rm",
+                                                                                    f"{d}/policy")
+        assert pol["episodes"] == 8 and pol["rollout_batch"] == 8  # the copied stage's args, overrides included
+        ev = by[f"round_{r}/eval"].args
+        assert ev["models"] == [f"round{r}={d}/policy", f"round{r - 1}={previous}", "sft=S"]
+        assert (ev["baseline"], ev["judge"], ev["out"]) == (f"round{r - 1}", "panel", f"{d}/eval")
+    assert by["round_3/rm"].args["epochs"] == 2 and "epochs" not in by["round_2/rm"].args  # stage_args by round name
+    # later stages name round outputs as {round_R/kind}
+    assert by["final"].args["models"] == [f"round1={root}/ppo", f"round3={root}/round_3/policy"]
+    assert by["final"].args["rm3"] == f"{root}/round_3/rm"
+    # a list in the copied RM's data.train is extended; baseline sft; count 1 adds nothing
+    _, stages = load_pipeline(write(tmp_path / "q.yaml", spec(root, rankings="A.jsonl,B.jsonl",
+                                                              rounds={"count": 2, "eval": {"from": "eval", "baseline": "sft"}})))
+    by = {s.name: s for s in stages}
+    assert by["round_2/rm"].args["data"]["train"] == ["A.jsonl", "B.jsonl", f"{root}/round_2/rankings.jsonl"]
+    assert by["round_2/eval"].args["baseline"] == "sft"
+    _, stages = load_pipeline(write(tmp_path / "one.yaml", spec(root, rounds={"count": 1})))
+    assert [s.name for s in stages] == ["rm", "ppo", "eval"]
+
+
+def test_rounds_follow_their_group_and_the_configs():
+    # configs/rounds.yaml: the demo's stages, round 2 after `eval`, then eval_rounds and the report
+    _, stages = load_pipeline(str(ROOT / "configs" / "rounds.yaml"), {"out": "/r"})
+    names = [s.name for s in stages]
+    i = names.index("eval")
+    assert names[i + 1:] == ["round_2/prompts", "round_2/rankings", "round_2/rm", "round_2/policy", "round_2/eval",
+                             "eval_rounds", "report"]
+    by = {s.name: s for s in stages}
+    assert by["round_2/policy"].args["ptx_coef"] == 1.0 and by["round_2/policy"].args["reference"] == "/r/sft"
+    assert by["round_2/rm"].args["data"]["train"] == ["/r/rankings.jsonl", "/r/round_2/rankings.jsonl"]
+    assert by["eval_rounds"].args["models"] == ["round1=/r/ppo_ptx", "round2=/r/round_2/policy", "sft=/r/sft"]
+    assert by["eval_rounds"].args["baseline"] == "round1"
+    # demo.yaml keeps its stages
+    _, demo = load_pipeline(str(ROOT / "configs" / "demo.yaml"))
+    assert [s.name for s in demo] == ["world", "pretrain", "sft", "rankings", "world_report", "rm", "ppo",
+                                      "ppo_ptx", "dpo", "bon", "eval", "report"]
+
+
+def test_rounds_after_a_group_and_after(tmp_path):
+    s = spec(tmp_path, rounds={"eval": None})
+    del s["rounds"]["eval"]
+    s["stages"][1]["group"] = "rl"
+    s["stages"].insert(2, {"name": "dpo", "command": "dpo", "group": "rl", "args": {}})
+    _, stages = load_pipeline(write(tmp_path / "g.yaml", s))
+    assert [x.name for x in stages][:5] == ["rm", "ppo", "dpo", "round_2/prompts", "round_2/rankings"]
+    s["rounds"]["after"] = "eval"
+    _, stages = load_pipeline(write(tmp_path / "a.yaml", s))
+    assert [x.name for x in stages][:5] == ["rm", "ppo", "dpo", "eval", "round_2/prompts"]
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"count": 0}, "rounds.count", "expected an integer >= 1"),
+    ({"count": "2"}, "rounds.count", "expected an integer >= 1"),
+    ({"n_prompts": 0}, "rounds.n_prompts", "expected an integer >= 1"),
+    ({"prompts": ""}, "rounds.prompts", "prompts file"),
+    ({"rm": {"from": "reward"}}, "rounds.rm.from", "no stage 'reward' (stages: rm, ppo, eval)"),
+    ({"policy": {"from": "rm"}}, "rounds.policy.from", "stage 'rm' runs `rm`, expected `ppo`"),
+    ({"policy": "ppo"}, "rounds.policy", "expected {from: STAGE}"),
+    ({"eval": {"from": "eval", "baseline": "base"}}, "rounds.eval.baseline", "expected previous or sft"),
+    ({"rm": {"from": "rm", "args": {}}}, "rounds.rm.args", "unknown field (known: from)"),
+    ({"rounds": 2}, "rounds.rounds", "unknown field"),
+    ({"label": {"command": "world label", "args": {"model": "{sft}"}}}, "rounds.label.args.model", "set by each round"),
+    ({"after": "rm"}, "rounds.after", "must come after it"),
+    ({"prompts": "{nowhere}/p.jsonl"}, "rounds.prompts", "unknown reference {nowhere}"),
+])
+def test_a_bad_rounds_block_names_file_and_field(tmp_path, capsys, change, field, words):
+    cfg = write(tmp_path / "bad.yaml", spec(tmp_path / "run", rounds=change))
+    with pytest.raises(InputError) as e:
+        load_pipeline(cfg)
+    assert (e.value.path, e.value.field) == (cfg, field) and words in e.value.message
+    assert main(["pipeline", cfg]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: field '{field}'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_slice_takes_lines_modulo_the_file(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(5)) + "\n")
+    slice_lines({"input": str(src), "start": 3, "n": 4, "out": str(tmp_path / "s" / "out.jsonl")})
+    got = [json.loads(x)["prompt"] for x in (tmp_path / "s" / "out.jsonl").read_text().splitlines()]
+    assert got == ["p3", "p4", "p0", "p1"]
+    with pytest.raises(InputError, match="does not exist"):
+        slice_lines({"input": str(tmp_path / "none.jsonl"), "start": 0, "n": 1, "out": str(tmp_path / "x.jsonl")})
+    with pytest.raises(InputError, match="unknown field"):
+        slice_lines({"input": str(src), "n": 1, "out": str(tmp_path / "x.jsonl"), "stride": 2})
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:ppo iteration")  # a 16-token tiny policy never ends with EOS
+def test_two_rounds_end_to_end_killed_and_resumed(tiny_chain, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "run"
+    cfg = write(tmp_path / "rounds.yaml", spec(root, world=str(tiny_chain["world"]), sft=str(tiny_chain["sft"]),
+                                               rankings=str(tiny_chain["rankings"]),
+                                               rounds={"count": 2, "n_prompts": 8}))
+    _, stages = load_pipeline(cfg)
+    round_2 = [s for s in stages if s.name.startswith("round_2/")]
+    assert len(round_2) == 5
+
+    # killed between rounds: round 1 is complete, round 2 has not started
+    real_run_stage = pipeline.run_stage
+
+    def killed_at(name):
+        def run_stage(stage):
+            if stage.name == name:
+                raise KeyboardInterrupt
+            real_run_stage(stage)
+        return run_stage
+    monkeypatch.setattr(pipeline, "run_stage", killed_at("round_2/prompts"))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    assert all(is_complete(root / n) for n in ("rm", "ppo", "eval")) and not (root / "round_2").exists()
+
+    # killed inside round 2, in the middle of its RM's training (after a checkpoint)
+    monkeypatch.setattr(pipeline, "run_stage", real_run_stage)
+    from instructkit.stages import rm as rm_stage
+    real_fb, calls = rm_stage.forward_backward, []
+
+    def killed_at_step_3(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_fb(*a, **kw)
+    monkeypatch.setattr(rm_stage, "forward_backward", killed_at_step_3)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert all(f"pipeline: {n}: complete, skipped" in out for n in ("rm", "ppo", "eval"))
+    d = root / "round_2"
+    assert (d / "prompts.jsonl").is_file() and (d / "rankings.jsonl").is_file()
+    assert (d / "rm" / "checkpoint" / "state.pt").exists() and not is_complete(d / "rm")
+
+    # resumed: the skipped stages stay, round 2's RM continues from its checkpoint, the rest runs
+    monkeypatch.setattr(rm_stage, "forward_backward", real_fb)
+    run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert "resuming from step 2" in out
+    assert all(f"pipeline: round_2/{n}: complete, skipped" in out for n in ("prompts", "rankings"))
+    for s in stages:
+        assert Path(s.out).is_file() or is_complete(s.out), s.name
+    ppo_prompts = (tiny_chain["world"] / "prompts" / "ppo.jsonl").read_text().splitlines()
+    assert (d / "prompts.jsonl").read_text().splitlines() == ppo_prompts[:8]
+    labeled = [json.loads(x)["prompt"] for x in (d / "rankings.jsonl").read_text().splitlines()]
+    assert labeled == [json.loads(x)["prompt"] for x in ppo_prompts[:8]]
+    rm_meta = json.loads((d / "rm" / "instructkit.json").read_text())
+    files = [str(tiny_chain["rankings"]), str(d / "rankings.jsonl")]
+    assert rm_meta["config"]["data"]["train"] == files and rm_meta["inputs"]["data.train"]["path"] == files
+    pol = json.loads((d / "policy" / "instructkit.json").read_text())["config"]
+    assert (pol["policy"], pol["reference"], pol["reward_model"]) == (str(root / "ppo"), str(tiny_chain["sft"]),
+                                                                      str(d / "rm"))
+    ev = json.loads((d / "eval" / "eval.json").read_text())
+    assert ev["baseline"] == "round1" and set(ev["models"]) == {"round2", "round1", "sft"}
+    assert 0 <= ev["models"]["round2"]["win_rate"]["rate"] <= 1
+
+    # a rerun skips everything; a stage without its complete marker is redone; --from names a round stage
+    run_pipeline(cfg)
+    assert capsys.readouterr().out.count("complete, skipped") == len(stages)
+    (d / "policy" / "instructkit.json").unlink()
+    run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert f"pipeline: round_2/policy: ppo -> {d / 'policy'}" in out and out.count("complete, skipped") == len(stages) - 1
+    assert is_complete(d / "policy")
+    before = (d / "eval" / "instructkit.json").stat().st_mtime
+    assert main(["pipeline", cfg, "--from", "round_2/eval"]) == 0
+    assert (d / "eval" / "instructkit.json").stat().st_mtime > before and is_complete(d / "rm")
+    rounds = report.build_summary(report.ReportConfig(run=str(root)))["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert "bon_gain" in rounds[1]["gates"] and set(rounds[1]["eval"]["win_rate"]) == {"round2", "sft"}
+
+
+def test_report_shows_a_rounds_section(tmp_path, capsys):
+    root = tmp_path / "run"
+
+    def rm(d: Path, gain: float, acc: float):
+        d.mkdir(parents=True)
+        (d / "instructkit.json").write_text(json.dumps({
+            "stage": "rm", "complete": True, "metrics": {"val_accuracy": acc, "val_gold_accuracy": acc + 0.1},
+            "gates": {"bon_gain": gain, "bon_n": "4..9", "judge": "gold utility"}}))
+
+    def ev(d: Path, r: int):
+        d.mkdir(parents=True)
+        w = {"rate": 0.6, "low": 0.5, "high": 0.7, "n": 30}
+        (d / "eval.json").write_text(json.dumps({"baseline": f"round{r - 1}", "models": {
+            f"round{r}": {"win_rate": w}, f"round{r - 1}": {}, "sft": {"win_rate": {**w, "rate": 0.4}}}}))
+    rm(root / "rm", 0.05, 0.61)
+    for r in (2, 3):
+        rm(root / f"round_{r}" / "rm", 0.01 * r, 0.6 + 0.01 * r)
+        ev(root / f"round_{r}" / "eval", r)
+    (root / "round_notes").mkdir()  # not a round
+    summary = report.run(report.ReportConfig(run=str(root)))
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert summary["rounds"][2]["gates"]["bon_gain"] == pytest.approx(0.03) and "eval" not in summary["rounds"][0]
+    html = (root / "report.html").read_text()
+    table = html[html.index("<table id='rounds'>"):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 4  # header + 3 rounds
+    assert "+0.0300 (K 4..9, gold utility)" in table and "63.0% (gold 73.0%)" in table
+    assert "round3 vs round2: 60.0% [50.0%, 70.0%]" in table and "sft vs round2: 40.0%" in table
+    assert "round 3: RM best-of-K gain +0.0300" in capsys.readouterr().out
+    # no round directories: no section
+    assert "rounds" not in report.build_summary(report.ReportConfig(run=str(root / "rm")))
