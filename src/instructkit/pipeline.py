@@ -5,6 +5,13 @@ with its arguments (its `out` defaults to ROOT/NAME; `output:` names the result 
 writes elsewhere, for the completeness check; stages sharing a `group` run side by side). String values may use `{out}` (the root) and `{name}` for any earlier stage's
 output (e.g. `model: "{sft}"`). Nothing passes between stages in memory: every arrow is a path.
 
+`extends: BASE.yaml` (relative to the file) builds on another pipeline file, loaded first (itself
+possibly extending another; a cycle is an error): this file's `out` and `rounds` replace the base's,
+its `vars` are merged into the base's (its own win), and each of its stages either replaces the
+base stage of the same `name` in place (its other keys replace the base's, its `args` are
+deep-merged: a mapping key by key, so one arg can change; a list or scalar replaced whole) or is
+new: appended, or placed with `after: NAME` / `before: NAME` (past a group it is not part of).
+
 Iterated RLHF (`rounds:`, a top-level block): round 1 is the ordinary stages; rounds 2..count are
 expanded here, before anything runs, into ordinary stages named `round_R/prompts` (the built-in
 `slice` command: `n_prompts` fresh lines of `prompts`, lines [(R-2)n, (R-1)n) modulo the file),
@@ -15,7 +22,8 @@ round's RM, with `reference` kept at round 1's `policy`, the SFT model) and, wit
 `round_R/eval` (roundR vs round(R-1), or vs sft with `eval: {from: eval, baseline: sft}`, sft also
 sampled). Their outputs live under ROOT/round_R/. They are inserted after the last stage they copy
 (past its `group`; or after the stage named by `after:`), so later stages can use `{round_2/policy}`;
-skipping, resuming and `--from round_2/rm` work as for any stage. configs/rounds.yaml is an example."""
+skipping, resuming and `--from round_2/rm` work as for any stage. configs/rounds.yaml (which
+extends configs/demo.yaml) is an example."""
 from __future__ import annotations
 
 import copy
@@ -62,41 +70,131 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[Stage]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("pipeline config does not exist" if not p.exists() else "expected a file", path=str(p))
+def _parse(p: Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise InputError(f"malformed YAML: {getattr(e, 'problem', e)}", path=str(p),
                          line=mark.line + 1 if mark else None) from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw.get("out"):
+    if not isinstance(raw, dict):
         raise InputError("expected a mapping with `out` and a list of `stages`", path=str(p))
+    return raw
+
+
+def _resolve(p: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, list[tuple[str, int]], str]:
+    """One pipeline file with its `extends` chain applied -> (the mapping, for each stage the file and
+    index it was last written at, for error messages; the file `rounds` comes from)."""
+    raw = _parse(p)
+    ext = raw.pop("extends", None)
+    if ext is None:
+        if not isinstance(raw.get("stages"), list) or not raw.get("out"):
+            raise InputError("expected a mapping with `out` and a list of `stages`", path=str(p))
+        for i, s in enumerate(raw["stages"]):
+            if not isinstance(s, dict) or "name" not in s or "command" not in s:
+                raise InputError("each stage needs `name` and `command`", path=str(p), field=f"stages[{i}]")
+            for key in ("after", "before"):
+                if key in s:
+                    raise InputError(f"`{key}` places a new stage among the stages of the file named by "
+                                     "`extends`; this file has none", path=str(p), field=f"stages[{i}].{key}")
+        return raw, [(str(p), i) for i in range(len(raw["stages"]))], str(p)
+
+    if not isinstance(ext, str) or not ext.strip():
+        raise InputError(f"expected the path of the pipeline file to build on (relative to this one), got {ext!r}",
+                         path=str(p), field="extends")
+    base = p.parent / ext
+    seen = [*chain, p]
+    if any(base.resolve() == q.resolve() for q in seen):
+        raise InputError(f"cycle: {' -> '.join(map(str, [*seen, base]))}", path=str(p), field="extends")
+    if not base.is_file():
+        raise InputError(f"{base}: " + ("pipeline config does not exist" if not base.exists() else "expected a file"),
+                         path=str(p), field="extends")
+    merged, origins, rounds_path = _resolve(base, tuple(seen))
+    if not isinstance(raw.get("stages") or [], list):
+        raise InputError("expected a list of stages (added to, or replacing by name, the base's)", path=str(p),
+                         field="stages")
+    if not isinstance(raw.get("vars") or {}, dict):
+        raise InputError("expected a mapping of names", path=str(p), field="vars")
+    for key, value in raw.items():
+        if key == "vars":  # merged: this file's win
+            merged["vars"] = {**(merged.get("vars") or {}), **(value or {})}
+        elif key != "stages":  # out, rounds, ...: this file's replace the base's (`rounds: null` drops them)
+            merged[key] = value
+    if "rounds" in raw:
+        rounds_path = str(p)
+    if not merged.get("out"):
+        raise InputError("expected an output root", path=str(p), field="out")
+    stages = list(merged["stages"])
+    for i, s in enumerate(raw.get("stages") or []):
+        where = f"stages[{i}]"
+        if not isinstance(s, dict) or "name" not in s:
+            raise InputError("each stage needs `name` and `command`", path=str(p), field=where)
+        index = {st["name"]: j for j, st in enumerate(stages)}
+        place = [k for k in ("after", "before") if k in s]
+        if s["name"] in index:  # replaces the base's stage in place; its args are deep-merged
+            if place:
+                raise InputError(f"stage {s['name']!r} replaces the base's in place; `{place[0]}` only places a "
+                                 "new stage", path=str(p), field=f"{where}.{place[0]}")
+            if not isinstance(s.get("args") or {}, dict):
+                raise InputError("expected a mapping", path=str(p), field=f"{where}.args")
+            j = index[s["name"]]
+            old = stages[j]
+            stages[j] = {**old, **{k: v for k, v in s.items() if k != "args"},
+                         "args": _deep_merge(copy.deepcopy(old.get("args") or {}), copy.deepcopy(s.get("args") or {}))}
+            origins[j] = (str(p), i)
+            continue
+        if "command" not in s:
+            raise InputError(f"each stage needs `name` and `command` (the base has no stage {s['name']!r} to "
+                             f"replace; stages: {', '.join(index)})", path=str(p), field=where)
+        if len(place) > 1:
+            raise InputError("give `after` or `before`, not both", path=str(p), field=where)
+        s = dict(s)
+        j = len(stages)  # appended
+        if place:
+            target = s.pop(place[0])
+            if not isinstance(target, str) or target not in index:
+                raise InputError(f"no stage {target!r} (stages: {', '.join(index)})", path=str(p),
+                                 field=f"{where}.{place[0]}")
+            j = index[target]
+            group = stages[j].get("group")
+            if place[0] == "after":
+                j += 1
+                while group and group != s.get("group") and j < len(stages) and stages[j].get("group") == group:
+                    j += 1  # never split a group of side-by-side stages the new one is not part of
+            else:
+                while group and group != s.get("group") and j > 0 and stages[j - 1].get("group") == group:
+                    j -= 1
+        stages.insert(j, s)
+        origins.insert(j, (str(p), i))
+    merged["stages"] = stages
+    return merged, origins, rounds_path
+
+
+def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[Stage]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("pipeline config does not exist" if not p.exists() else "expected a file", path=str(p))
+    raw, origins, rounds_path = _resolve(p)
     overrides = dict(overrides or {})
     raw["vars"] = {**(raw.get("vars") or {}), **overrides.pop("vars", {})}
     stage_args = overrides.pop("stage_args", {})  # {stage name: {arg: value}}, merged into that stage's args
     raw.update(overrides)
     names = {"out": str(raw["out"]), **{k: str(v) for k, v in (raw.get("vars") or {}).items()}}
     names = {k: v.format(**names) if k != "out" else v for k, v in names.items()}
-    for i, s in enumerate(raw["stages"]):
-        if not isinstance(s, dict) or "name" not in s or "command" not in s:
-            raise InputError("each stage needs `name` and `command`", path=str(p), field=f"stages[{i}]")
-    rounds, insert_after = _check_rounds(raw.get("rounds"), raw["stages"], str(p))
+    rounds, insert_after = _check_rounds(raw.get("rounds"), raw["stages"], rounds_path)
     stages = []
     for i, s in enumerate(raw["stages"]):
-        where = f"stages[{i}]"
-        args = _format(_deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args", str(p))
+        src, where = origins[i][0], f"stages[{origins[i][1]}]"
+        args = _format(_deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args", src)
         if "output" in s:  # a command whose result is not written to `out` (e.g. world report --json F)
-            out = _format(str(s["output"]), names, f"{where}.output", str(p))
+            out = _format(str(s["output"]), names, f"{where}.output", src)
         else:
             out = args.get("out") or f"{names['out']}/{s['name']}"
             args["out"] = out
         names[s["name"]] = out
         stages.append(Stage(s["name"], s["command"], args, out, s.get("group")))
         if i == insert_after:
-            stages += expand_rounds(rounds, {st.name: st for st in stages}, names, stage_args, str(p))
+            stages += expand_rounds(rounds, {st.name: st for st in stages}, names, stage_args, rounds_path)
     return names["out"], stages
 
 
