@@ -189,3 +189,11 @@ def test_rounds_config_expands_to_the_stages_of_its_former_copy(tmp_path):
         "round_2/prompts", "round_2/rankings", "round_2/rm", "round_2/policy", "round_2/eval", "eval_rounds", "report"]
     text = (ROOT / "configs" / "rounds.yaml").read_text()
     assert text.startswith("# instructkit pipeline configs/rounds.yaml") and "extends: demo.yaml" in text
+
+
+def test_unknown_reference_in_vars_is_an_input_error(tmp_path):
+    cfg = write(tmp_path / "v.yaml", {"out": str(tmp_path / "o"), "vars": {"a": "{nope}/x"},
+                                      "stages": [{"name": "world", "command": "world build", "args": {}}]})
+    with pytest.raises(InputError) as e:
+        load_pipeline(cfg)
+    assert e.value.field == "vars.a" and "unknown reference {nope}" in str(e.value)

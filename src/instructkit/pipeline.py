@@ -180,7 +180,7 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
     stage_args = overrides.pop("stage_args", {})  # {stage name: {arg: value}}, merged into that stage's args
     raw.update(overrides)
     names = {"out": str(raw["out"]), **{k: str(v) for k, v in (raw.get("vars") or {}).items()}}
-    names = {k: v.format(**names) if k != "out" else v for k, v in names.items()}
+    names = {k: _format(v, names, f"vars.{k}", str(p)) if k != "out" else v for k, v in names.items()}
     rounds, insert_after = _check_rounds(raw.get("rounds"), raw["stages"], rounds_path)
     stages = []
     for i, s in enumerate(raw["stages"]):
