@@ -39,6 +39,22 @@ def test_label_writes_valid_k_way_rankings(setup, capsys):
     assert all(len(r.meta["gold_utilities"]) == r.k for r in recs)
 
 
+def test_label_passes_repeat_every_prompt_with_fresh_samples(setup, capsys):
+    """--passes 2: every prompt ranked twice; pass 0 is the single-pass output, pass 1 is seed + 1's."""
+    base = ["label", "--world", str(setup / "world"), "--model", str(setup / "model"),
+            "--prompts", str(setup / "world/prompts/rm.jsonl"), "--k", "3", "--limit", "5", "--max-new-tokens", "6"]
+    one, two, seed1 = setup / "p1.jsonl", setup / "p2.jsonl", setup / "s1.jsonl"
+    assert world_main(base + ["--out", str(one)]) == 0
+    assert world_main(base + ["--out", str(seed1), "--seed", "1"]) == 0
+    assert world_main(base + ["--out", str(two), "--passes", "2"]) == 0
+    assert "5 prompts x 2 pass(es) = 10 rankings" in capsys.readouterr().out
+    lines = two.read_text().splitlines()
+    assert lines == one.read_text().splitlines() + seed1.read_text().splitlines()
+    with pytest.raises(InputError):
+        world_main(base + ["--out", str(setup / "p0.jsonl"), "--passes", "0"])
+    assert not (setup / "p0.jsonl").exists()
+
+
 def test_label_rejects_bad_inputs_before_sampling(setup):
     base = ["label", "--world", str(setup / "world"), "--model", str(setup / "model"), "--out", str(setup / "x.jsonl")]
     with pytest.raises(InputError):

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--batch-size", type=int, default=64)
     lab.add_argument("--limit", type=int, default=0, help="label only the first N prompts (0 = all)")
     lab.add_argument("--seed", type=int, default=0)
+    lab.add_argument("--passes", type=int, default=1,
+                     help="label every prompt N times, each pass with fresh samples (pass p uses seed + p)")
     lab.add_argument("--gold", action="store_true",
                      help="also write each completion's hidden gold utility (\"gold_utilities\"), for diagnostics "
                           "such as the RM's accuracy vs gold; training must use only the ranks")
@@ -167,20 +169,25 @@ def cmd_label(args) -> int:
     recs = _read_prompts(args.prompts)
     if args.limit > 0:
         recs = recs[: args.limit]
+    if args.passes < 1:
+        raise InputError(f"expected at least 1 pass, got {args.passes}", field="--passes")
     model, tok = _load_model(args.model)
     t0 = time.time()
     prompts = [r["prompt"] for r in recs]
-    ks = _draw_ks(len(prompts), k, args.seed)
-    comps = sample_k(model, tok, prompts, ks, temps, args.max_new_tokens, args.batch_size, args.seed)
     tasks = [r.get("task") or world.judge(r["prompt"], "").task for r in recs]
-    records = L.label_records(world, prompts, comps, args.pool, seed=args.seed, tasks=tasks)
+    records, n_comps = [], 0
+    for seed in range(args.seed, args.seed + args.passes):
+        ks = _draw_ks(len(prompts), k, seed)
+        comps = sample_k(model, tok, prompts, ks, temps, args.max_new_tokens, args.batch_size, seed)
+        records += L.label_records(world, prompts, comps, args.pool, seed=seed, tasks=tasks)
+        n_comps += sum(ks)
     if args.gold:
         for r in records:
             r["gold_utilities"] = [world.utility(r["prompt"], c) for c in r["completions"]]
     n = write_jsonl(args.out, records)
     pairs = sum(1 for r in records for a in r["ranks"] for b in r["ranks"] if a < b)
-    print(f"labeled {n} prompts ({sum(ks)} completions, {pairs} ranked pairs) with the {args.pool} pool "
-          f"-> {args.out}  ({time.time() - t0:.1f} s)")
+    print(f"labeled {len(prompts)} prompts x {args.passes} pass(es) = {n} rankings ({n_comps} completions, "
+          f"{pairs} ranked pairs) with the {args.pool} pool -> {args.out}  ({time.time() - t0:.1f} s)")
     return 0
 
 
