@@ -5,6 +5,7 @@ configs/rounds.yaml (now `extends: demo.yaml`) expands to exactly the stages of 
 the demo's. Nothing runs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,19 @@ def test_unknown_reference_in_vars_is_an_input_error(tmp_path):
     with pytest.raises(InputError) as e:
         load_pipeline(cfg)
     assert e.value.field == "vars.a" and "unknown reference {nope}" in str(e.value)
+
+
+def test_a_stage_alone_gets_every_core_and_the_environment_is_restored(monkeypatch):
+    """run_stage(threads=N) sets the thread count every command reads (OMP_NUM_THREADS) for that
+    stage only; INSTRUCTKIT_SOLO_THREADS overrides the core count."""
+    from instructkit import pipeline as P
+
+    seen = []
+    monkeypatch.setitem(P.BUILTINS, "probe", lambda args: seen.append(os.environ.get("OMP_NUM_THREADS")))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("INSTRUCTKIT_SOLO_THREADS", "3")
+    P.run_stage(P.Stage("p", "probe", {}, "x"), P.solo_threads())
+    P.run_stage(P.Stage("p", "probe", {}, "x"))  # threads=0: left as it is
+    assert seen == ["3", "1"] and os.environ["OMP_NUM_THREADS"] == "1"
+    monkeypatch.delenv("INSTRUCTKIT_SOLO_THREADS")
+    assert P.solo_threads() == (os.cpu_count() or 1)
