@@ -30,6 +30,7 @@ import pytest
 
 # Before torch is imported anywhere: one thread (OpenMP contention on 2 shared cores), no network.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("INSTRUCTKIT_SOLO_THREADS", "1")  # tiny models: a second thread only adds overhead
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

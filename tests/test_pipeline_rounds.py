@@ -114,7 +114,7 @@ def test_rounds_follow_their_group_and_the_configs():
     assert names[i + 1:] == ["round_2/prompts", "round_2/rankings", "round_2/rm", "round_2/policy", "round_2/eval",
                              "eval_rounds", "report"]
     by = {s.name: s for s in stages}
-    assert by["round_2/policy"].args["ptx_coef"] == 1.0 and by["round_2/policy"].args["reference"] == "/r/sft"
+    assert by["round_2/policy"].args["ptx_coef"] == by["ppo_ptx"].args["ptx_coef"] and by["round_2/policy"].args["reference"] == "/r/sft"
     assert by["round_2/rm"].args["data"]["train"] == ["/r/rankings.jsonl", "/r/round_2/rankings.jsonl"]
     assert by["eval_rounds"].args["models"] == ["round1=/r/ppo_ptx", "round2=/r/round_2/policy", "sft=/r/sft"]
     assert by["eval_rounds"].args["baseline"] == "round1"
@@ -190,10 +190,10 @@ def test_two_rounds_end_to_end_killed_and_resumed(tiny_chain, tmp_path, monkeypa
     real_run_stage = pipeline.run_stage
 
     def killed_at(name):
-        def run_stage(stage):
+        def run_stage(stage, threads=0):
             if stage.name == name:
                 raise KeyboardInterrupt
-            real_run_stage(stage)
+            real_run_stage(stage, threads)
         return run_stage
     monkeypatch.setattr(pipeline, "run_stage", killed_at("round_2/prompts"))
     with pytest.raises(KeyboardInterrupt):
