@@ -47,6 +47,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/direct.py
 	$(BIN)/python benchmarks/ppo.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/headline.py   # needs runs/demo/ppo_ptx (make demo); ~32 min on one core
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

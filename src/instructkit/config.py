@@ -176,6 +176,12 @@ def _coerce(value: Any, tp: Any, name: str, source: str | None):
         if not isinstance(value, list):
             raise InputError("expected a list", path=source, field=name)
         return [_coerce(v, inner, f"{name}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = get_args(tp) or (Any, Any)
+        if not isinstance(value, dict):
+            raise InputError("expected a mapping", path=source, field=name)
+        return {_coerce(k, kt, name, source): _coerce(v.for_type(vt) if isinstance(v, _Override) else v, vt,
+                                                      f"{name}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -331,6 +337,8 @@ def _type_name(tp) -> str:
         return "|".join(str(a) for a in get_args(tp))
     if get_origin(tp) is list:
         return f"list[{_type_name(get_args(tp)[0])}]"
+    if get_origin(tp) is dict:
+        return f"dict[{', '.join(_type_name(a) for a in get_args(tp))}]"
     if _is_optional(tp):
         return _type_name([a for a in get_args(tp) if a is not type(None)][0]) + "?"
     return getattr(tp, "__name__", str(tp))
@@ -600,6 +608,12 @@ class EvalConfig(StageConfig):
     n_prompts: int = F(0, "use only the first N prompts; 0 = all")
     max_new_tokens: int = F(32, "response length limit")
     temperature: float = F(1.0, "default sampling temperature (per model: NAME=DIR@T)")
+    fewshot: dict[str, int] = F({}, "models prompted few-shot, NAME: K (CLI: fewshot.NAME=K): each prompt follows K "
+                                    "demonstrations as pretraining answer keys write them (`instruction\\nanswer\\n`), "
+                                    "drawn per prompt (seeded, never the prompt itself), fewer if the model's positions "
+                                    "run out; the answer is cut at its first newline and judged alone")
+    fewshot_data: str = F("", "demonstrations JSONL the few-shot examples come from; empty = the world's "
+                              "demonstrations.jsonl")
     alignment_tax: bool = F(True, "held-out pretraining loss and few-shot answer-key accuracy (needs `world`)")
     batch_size: int = F(64, "prompts per sampling batch")
 
@@ -613,4 +627,6 @@ class ReportConfig(StageConfig):
     bon: str = F("bon.jsonl", "the best-of-n output under `run` (its .summary.json holds the curve)")
     ppo: list[str] = F(["ppo", "ppo_ptx"], "PPO stage directories for reward/KL and over-optimisation plots")
     world_report: str = F("world_report.json", "labeler agreement measured by `world report`, under `run`")
+    headline: str = F("headline.json", "small aligned policy vs a ~8x larger base model, written by `make bench` "
+                                       "(benchmarks/headline.py), under `run`; in the claims table when present")
     samples: int = F(8, "side-by-side sample prompts shown")

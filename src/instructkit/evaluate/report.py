@@ -46,10 +46,9 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
                  "qualitative (GPT-3 often continues the list of instructions)",
                  f"continue-the-worksheet: base {_pct(get('base', 'sandbox', 'continue_worksheet'))}, "
                  f"SFT {_pct(get('sft', 'sandbox', 'continue_worksheet'))}, PPO-ptx {_pct(get('ppo_ptx', 'sandbox', 'continue_worksheet'))}"))
-    head = summary.get("headline")
     rows.append(("Small aligned model preferred to a much larger base model",
                  "1.3B InstructGPT preferred to 175B GPT-3 (85 ± 3% vs GPT-3 prompted; 71 ± 4% vs few-shot)",
-                 _interval(head.get("win_rate")) if head else "measured by `make bench` (headline size), not in the demo"))
+                 _headline(summary.get("headline"))))
     for m, label in (("ppo_ptx", "PPO-ptx"), ("ppo", "PPO"), ("sft_t0.3", "SFT at T=0.3"), ("dpo", "DPO")):
         if m in models and models[m].get("win_rate"):
             rows.append((f"{label} preferred to SFT (held-out panel)", "InstructGPT preferred to SFT at every size (Fig. 1)",
@@ -80,6 +79,19 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _headline(head: dict | None) -> str:
+    """The policy's win rate vs the larger base, few-shot (`win_rate`) and bare (`win_rate_prompted`)."""
+    if not head or not head.get("win_rate"):
+        return "measured by `make bench` (headline size), not in the demo"
+    pol, base = head.get("policy", {}), head.get("base", {})
+    sizes = (f"{pol.get('name', 'policy')} ({pol['params'] / 1e6:.2f}M) vs a {base['params'] / pol['params']:.1f}x "
+             f"larger base ({base['params'] / 1e6:.2f}M): " if pol.get("params") and base.get("params") else "")
+    text = f"{sizes}{_interval(head['win_rate'])} vs few-shot ({head.get('shots', '?')} shots)"
+    if head.get("win_rate_prompted"):
+        text += f", {_interval(head['win_rate_prompted'])} vs prompted"
+    return text
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -107,6 +119,9 @@ def build_summary(cfg: ReportConfig) -> dict:
         summary["labelers"] = {"train": _dig(w, ["agreement", "train", "agreement"]),
                                "heldout": _dig(w, ["agreement", "heldout", "agreement"])}
         summary["world_report"] = w
+    head = root / cfg.headline
+    if cfg.headline and head.exists():
+        summary["headline"] = json.loads(head.read_text())
     bon = Path(str(root / cfg.bon) + ".summary.json")
     if bon.exists():
         summary["bon"] = json.loads(bon.read_text())

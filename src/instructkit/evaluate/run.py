@@ -1,6 +1,7 @@
 """Stage `eval`: sample every model on held-out prompts and report, per model and per task category,
 the win rate against the baseline with a 95% interval (ties count half), the mean 1-7 Likert score,
-the Table 3 metadata rates, the sandbox's behaviour rates and the alignment tax."""
+the Table 3 metadata rates, the sandbox's behaviour rates and the alignment tax. A base model can be
+prompted few-shot (`fewshot: {NAME: K}`, evaluate/fewshot.py), as the paper's GPT-3 baselines were."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from instructkit.config import EvalConfig
 from instructkit.data.encode import encode_text, pack_texts, render_prompt
 from instructkit.data.jsonl import write_json, write_jsonl
 from instructkit.errors import InputError
+from instructkit.evaluate.fewshot import cut_answer, fewshot_prompt, pick_shots
 from instructkit.evaluate.stats import mean_interval, win_rate
 from instructkit.models import load_causal_lm, set_threads
 from instructkit.run import RunDir
@@ -96,6 +98,13 @@ def run(cfg: EvalConfig) -> dict:
     specs = parse_models(cfg.models)
     if cfg.baseline not in specs:
         raise InputError(f"baseline {cfg.baseline!r} is not one of the models ({', '.join(specs)})", field="baseline")
+    for name, k in cfg.fewshot.items():
+        if name not in specs:
+            raise InputError(f"{name!r} is not one of the models ({', '.join(specs)})", field=f"fewshot.{name}")
+        if k < 1:
+            raise InputError(f"expected at least 1 shot, got {k}", field=f"fewshot.{name}")
+    if cfg.fewshot and not (cfg.fewshot_data or cfg.world):
+        raise InputError("few-shot models need demonstrations: set fewshot_data or world", field="fewshot_data")
     if cfg.judge in ("panel", "gold") and not cfg.world:
         raise InputError(f"judge={cfg.judge} needs a sandbox world", field="world")
     records = datalib.load(cfg.prompts, "prompt")
@@ -107,7 +116,11 @@ def run(cfg: EvalConfig) -> dict:
         from instructkit.sandbox.world import World
         world = World.load(cfg.world)
     human_file = cfg.judge[len("human:"):] if cfg.judge.startswith("human:") else None
-    rundir = RunDir(cfg.out, "eval", cfg, {"prompts": cfg.prompts, **{f"model.{k}": v[0] for k, v in specs.items()}})
+    demos_path = (cfg.fewshot_data or str(Path(cfg.world) / "demonstrations.jsonl")) if cfg.fewshot else ""
+    demos = [(d.prompt, d.completion) for d in datalib.load(demos_path, "demonstration")
+             if d.messages is None] if demos_path else []
+    rundir = RunDir(cfg.out, "eval", cfg, {"prompts": cfg.prompts, "fewshot_data": demos_path,
+                                           **{f"model.{k}": v[0] for k, v in specs.items()}})
     rundir.start()
 
     t0 = time.time()
@@ -115,26 +128,43 @@ def run(cfg: EvalConfig) -> dict:
     tax: dict[str, dict] = {}
     heldout = [r["text"] for r in world.records("corpus/heldout.jsonl")] if world is not None and cfg.alignment_tax else []
     probes = world.records("corpus/fewshot.jsonl") if world is not None and cfg.alignment_tax else []
+    shots_used: dict[str, float] = {}
     for name, (path, temp) in specs.items():
         model, tok = load_causal_lm(path)
         model.eval()
         t = cfg.temperature if temp is None else temp
-        rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
+        k = cfg.fewshot.get(name, 0)
+        if k:  # the answer-key format the base model read in pretraining; no template
+            budget = getattr(model.config, "max_position_embeddings", 0) - cfg.max_new_tokens
+            built = [fewshot_prompt(p, pick_shots(p, demos, k, cfg.seed), lambda x: len(encode_text(tok, x)), budget)
+                     for p in prompts]
+            rendered = [text for text, _ in built]
+            shots_used[name] = sum(n for _, n in built) / max(1, len(built))
+        else:
+            rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
         samples[name] = generate_texts(model, tok, rendered, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=t),
                                        batch_size=cfg.batch_size, seed=cfg.seed)
-        if heldout:
+        if k:
+            samples[name] = [cut_answer(s) for s in samples[name]]
+        same = next((n for n, (q, _) in specs.items() if n in tax and q == path), None)
+        if same:  # the same checkpoint under another name (bare and few-shot): the same tax
+            tax[name] = tax[same]
+        elif heldout:
             from instructkit.sandbox.metrics import fewshot_accuracy
             greedy = lambda ps: generate_texts(model, tok, ps, SamplingParams(max_new_tokens=24, temperature=0.0),  # noqa: E731
                                                batch_size=cfg.batch_size)
             tax[name] = {"heldout_pretrain_loss": heldout_loss(model, tok, heldout),
                          "fewshot_accuracy": fewshot_accuracy(probes, greedy)}
-        print(f"eval: sampled {name} ({path}, T={t}) on {len(prompts)} prompts")
+        shots = f", few-shot: {shots_used[name]:.1f} of {k} shots on average" if k else ""
+        print(f"eval: sampled {name} ({path}, T={t}{shots}) on {len(prompts)} prompts")
 
     tasks = [r.meta.get("task", "all") for r in records]
     results: dict[str, dict] = {}
     for name in specs:
         res: dict = {"path": specs[name][0], "temperature": specs[name][1] or cfg.temperature,
                      "mean_words": sum(len(s.split()) for s in samples[name]) / max(1, len(prompts))}
+        if name in shots_used:
+            res["fewshot"] = {"k": cfg.fewshot[name], "mean_shots": shots_used[name]}
         if name != cfg.baseline:
             outcomes = (human_outcomes(human_file, name, cfg.baseline) if human_file else
                         compare(cfg.judge, world, prompts, samples[name], samples[cfg.baseline], cfg.seed))

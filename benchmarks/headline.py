@@ -1,0 +1,188 @@
+"""The headline claim: a small aligned policy is preferred to a ~8x larger base model prompted
+few-shot (InstructGPT: 1.3B InstructGPT preferred to 175B GPT-3, 85 ± 3% vs GPT-3 prompted and
+71 ± 4% vs few-shot GPT-3), judged by the sandbox's held-out labeler panel on the world's eval
+prompts.
+
+    python benchmarks/headline.py [--policy runs/demo/ppo_ptx] [--out runs/headline] [--run DIR]
+
+Stages, each an ordinary instructkit run directory under --out (a rerun skips complete ones, the
+eval only if it was made from the same policy, base and settings, and resumes a killed pretraining
+from its last checkpoint):
+  world   `instructkit world build --size headline`: the policy's world (same seed: the same
+          knowledge base, demonstrations and prompts) with an 8M-token corpus
+  base    `instructkit pretrain`: GPT-2, d_model 192, 9 layers, 6 heads (4.13M parameters, 8.1x the
+          demo's 0.51M) on that corpus; the default budget is ~35 minutes on one core: 1,500 steps of
+          16 x 128 tokens (3.1M tokens; a 30-step run of the 8-layer model measured 1.8k tokens/s,
+          so ~1.65k for 9 layers, plus ~90 s to train the tokenizer and encode the 13.5M-token corpus)
+  eval    `instructkit eval` with the policy as the baseline, the base few-shot (fewshot.NAME=K)
+          and bare, held-out panel judge
+Prints the policy's win rate against each with 95% intervals, writes OUT/headline.json, and copies
+it to the policy's pipeline run (--run, default the policy's parent directory, e.g. runs/demo) as
+headline.json, re-rendering that run's report when it has one: the report's claims table reads it."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("INSTRUCTKIT_QUIET", "1")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def n_params(path: Path) -> int:
+    from instructkit.models import load_causal_lm
+    model, _ = load_causal_lm(str(path))
+    return sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+
+
+def stale(ev: Path, args: list[str], models: dict[str, Path]) -> bool:
+    """A complete eval in `ev` made with other settings, or from models whose files have changed
+    since (another --policy, a retrained demo): it must be redone, not skipped."""
+    meta = ev / "instructkit.json"
+    if not meta.exists():
+        return False
+    from instructkit.config import EvalConfig, load_config, to_dict
+    from instructkit.run import file_sha256
+    done = json.loads(meta.read_text())
+    want = to_dict(load_config(EvalConfig, overrides=args))
+    keys = ("models", "fewshot", "baseline", "prompts", "world", "judge", "n_prompts", "seed")
+    return (any(done["config"].get(k) != want[k] for k in keys)
+            or any(done["inputs"].get(k, {}).get("sha256") != file_sha256(p) for k, p in models.items()))
+
+
+def flip(w: dict) -> dict:
+    """B's win rate over A from A's over B: ties count half either way; the Wilson interval mirrors."""
+    return {"rate": 1 - w["rate"], "low": 1 - w["high"], "high": 1 - w["low"], "n": w["n"],
+            "wins": w["n"] - w["wins"] - w["ties"], "ties": w["ties"]}
+
+
+def pct(w: dict) -> str:
+    return f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", default="runs/demo/ppo_ptx", help="the small aligned policy (made by `make demo`)")
+    ap.add_argument("--policy-world", default="", help="the world the policy was trained in (default: POLICY/../world)")
+    ap.add_argument("--out", default="runs/headline", help="where the world, base model and eval go")
+    ap.add_argument("--run", default=None, help="pipeline run that gets headline.json and a fresh report "
+                                                "(default: the policy's parent directory; '' = none)")
+    ap.add_argument("--seed", type=int, default=None, help="world seed (default: the policy world's)")
+    ap.add_argument("--d-model", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=9)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length = the model's positions")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=1500, help="pretraining optimiser steps")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--shots", type=int, default=4, help="few-shot demonstrations per prompt (fewer if they do not fit)")
+    ap.add_argument("--n-prompts", type=int, default=0, help="eval prompts (0 = all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", default="headline", help="world size (tests use tiny)")
+    a = ap.parse_args()
+
+    from instructkit.cli import main as ik
+
+    policy, out = Path(a.policy), Path(a.out)
+    if not (policy / "instructkit.json").exists():
+        print(f"headline: no policy at {policy}; run `make demo` first or pass --policy DIR", file=sys.stderr)
+        return 2
+    pworld = Path(a.policy_world) if a.policy_world else policy.parent / "world"
+    pmeta = json.loads((pworld / "world.json").read_text()) if (pworld / "world.json").exists() else None
+    seed = a.seed if a.seed is not None else (pmeta or {}).get("seed", 0)
+    world, base, ev = out / "world", out / "base", out / "eval"
+
+    # world: the policy's world with the headline corpus
+    assert ik(["world", "build", "--size", a.size, "--seed", str(seed), "--out", str(world)]) == 0
+    same = {}
+    if pmeta is not None:
+        for name in ("kb.json", "demonstrations.jsonl", "prompts/eval.jsonl"):
+            same[name] = sha256(pworld / name) == sha256(world / name)
+        print(f"headline: vs the policy's world {pworld}: " + ", ".join(f"{n} {'identical' if s else 'DIFFERENT'}"
+                                                                        for n, s in same.items()))
+        if not all(same.values()):
+            print("headline: the policy was trained in another world (seed or generator); pass --seed or "
+                  "--policy-world", file=sys.stderr)
+            return 2
+    else:
+        print(f"headline: no world next to the policy ({pworld}); cannot check it is the same world")
+
+    # base: the ~8x larger model, pretrained on the 8M-token corpus
+    t0 = time.time()
+    assert ik(["pretrain", f"data.train={world}/corpus/train.jsonl", f"data.val={world}/corpus/heldout.jsonl",
+               "tokenizer.vocab_size=512", "init.family=gpt2", f"init.d_model={a.d_model}", f"init.n_layers={a.layers}",
+               f"init.n_heads={a.heads}", f"init.max_len={a.seq_len}", f"seq_len={a.seq_len}", f"batch_size={a.batch}",
+               f"max_steps={a.steps}", f"optim.lr={a.lr}", "optim.warmup_steps=100", "optim.min_lr_ratio=0.1",
+               "save_every=100", "log_every=50", f"threads={a.threads}", f"seed={seed}", f"out={base}"]) == 0
+    print(f"headline: base model ready in {time.time() - t0:.0f}s (this invocation)")
+    pre = json.loads((base / "instructkit.json").read_text())
+
+    # eval: the policy is the baseline; the base model few-shot and bare
+    args = [f"models=policy={policy},base_fewshot={base},base={base}", f"fewshot.base_fewshot={a.shots}",
+            "baseline=policy", f"prompts={world}/prompts/eval.jsonl", f"world={world}", "judge=panel",
+            f"n_prompts={a.n_prompts}", f"seed={seed}", f"out={ev}"]
+    if stale(ev, args, {"model.policy": policy, "model.base": base}):
+        print(f"headline: {ev} holds the eval of another policy, base or settings: redoing it")
+        args.append("overwrite=true")
+    assert ik(["eval", *args, f"threads={a.threads}"]) == 0
+    res = json.loads((ev / "eval.json").read_text())
+    models = res["models"]
+
+    p_params, b_params = n_params(policy), n_params(base)
+    head = {
+        "policy": {"name": policy.name, "path": str(policy), "params": p_params},
+        "base": {"path": str(base), "params": b_params, "d_model": a.d_model, "n_layers": a.layers,
+                 "n_heads": a.heads, "pretrain_seconds": pre.get("seconds"),
+                 "pretrain_tokens": a.steps * a.batch * a.seq_len, **pre.get("metrics", {})},
+        "ratio": b_params / p_params,
+        "shots": a.shots,
+        "mean_shots": models["base_fewshot"]["fewshot"]["mean_shots"],
+        "judge": res["judge"], "n_prompts": res["n_prompts"], "world": str(world), "seed": seed,
+        "same_world_as_policy": same or None,
+        "win_rate": flip(models["base_fewshot"]["win_rate"]),        # policy vs few-shot base
+        "win_rate_prompted": flip(models["base"]["win_rate"]),       # policy vs bare base
+        "gold_utility": {m: models[m]["gold_utility"]["mean"] for m in models},
+        "task_success": {m: models[m]["sandbox"]["task_success"] for m in models},
+        "continue_worksheet": {m: models[m]["sandbox"]["continue_worksheet"] for m in models},
+        "answer_key_accuracy": {m: models[m].get("alignment_tax", {}).get("fewshot_accuracy") for m in models},
+    }
+    head["meets_acceptance"] = head["win_rate"]["rate"] >= 0.8 and head["win_rate"]["low"] > 0.7
+    from instructkit.data.jsonl import write_json
+    write_json(out / "headline.json", head)
+
+    print(f"\nheadline: {policy.name} ({p_params / 1e6:.2f}M parameters) vs a {head['ratio']:.1f}x larger base "
+          f"({b_params / 1e6:.2f}M; {head['base']['pretrain_tokens'] / 1e6:.1f}M tokens, "
+          f"{head['base'].get('pretrain_seconds') or 0:.0f}s, val loss {head['base'].get('val_loss', float('nan')):.3f})")
+    print(f"  judge: held-out panel, {res['n_prompts']} eval prompts; ties count half; 95% Wilson intervals")
+    print(f"  {'':<34} {'policy win rate':>24} {'gold':>7} {'task ok':>8} {'worksheet':>9} {'answer keys':>11}")
+    for m, label, w in (("base_fewshot", f"vs base, few-shot ({a.shots} shots, "
+                                          f"{head['mean_shots']:.1f} fit)", head["win_rate"]),
+                        ("base", "vs base, prompted (bare)", head["win_rate_prompted"])):
+        print(f"  {label:<34} {pct(w):>24} {head['gold_utility'][m]:7.3f} {head['task_success'][m]:8.1%} "
+              f"{head['continue_worksheet'][m]:9.1%} {head['answer_key_accuracy'][m] or float('nan'):11.1%}")
+    print(f"  {'(the policy itself)':<34} {'':>24} {head['gold_utility']['policy']:7.3f} "
+          f"{head['task_success']['policy']:8.1%} {head['continue_worksheet']['policy']:9.1%} "
+          f"{head['answer_key_accuracy']['policy'] or float('nan'):11.1%}")
+    print(f"  paper: 85 ± 3% vs GPT-3 prompted, 71 ± 4% vs few-shot; acceptance (vs few-shot >= 80%, "
+          f"lower bound > 70%): {'met' if head['meets_acceptance'] else 'NOT met'}")
+    print(f"  -> {out / 'headline.json'}")
+
+    run = Path(a.run) if a.run is not None else policy.parent
+    if a.run != "" and run.is_dir():
+        shutil.copyfile(out / "headline.json", run / "headline.json")
+        print(f"  -> {run / 'headline.json'}")
+        if (run / "summary.json").exists():  # the run has a report: redo it with the headline row
+            assert ik(["report", f"run={run}", f"out={run / 'report.html'}"]) == 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

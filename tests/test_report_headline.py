@@ -1,0 +1,71 @@
+"""The headline claim in the report: `benchmarks/headline.py` (the `make bench` job) writes
+headline.json, and the report's claims table shows the policy's win rates against the larger base
+model, few-shot and bare. The benchmark itself runs end to end here on the tiny world."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import PYTHON, run_cli, subprocess_env  # noqa: E402
+from instructkit.evaluate.report import claims_table  # noqa: E402
+from sandbox_chain import tiny_chain  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD = {"policy": {"name": "ppo_ptx", "params": 500_000}, "base": {"params": 4_000_000}, "shots": 4,
+        "win_rate": {"rate": 0.82, "low": 0.787, "high": 0.849, "n": 600},
+        "win_rate_prompted": {"rate": 0.9, "low": 0.874, "high": 0.921, "n": 600}}
+
+
+def _row(summary: dict) -> str:
+    return next(c for a, _, c in claims_table(summary) if a.startswith("Small aligned model"))
+
+
+def test_claims_row_shows_both_win_rates():
+    assert _row({}) == "measured by `make bench` (headline size), not in the demo"
+    assert _row({"headline": HEAD}) == ("ppo_ptx (0.50M) vs a 8.0x larger base (4.00M): 82.0% [78.7%, 84.9%] vs "
+                                        "few-shot (4 shots), 90.0% [87.4%, 92.1%] vs prompted")
+    bare = {"win_rate": HEAD["win_rate"]}  # only the required key
+    assert _row({"headline": bare}) == "82.0% [78.7%, 84.9%] vs few-shot (? shots)"
+
+
+def test_report_reads_headline_json(tmp_path, capsys):
+    (tmp_path / "headline.json").write_text(json.dumps(HEAD))
+    code, out, err = run_cli(["report", f"run={tmp_path}"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["headline"] == HEAD
+    assert "82.0% [78.7%, 84.9%] vs few-shot" in out
+    assert "82.0% [78.7%, 84.9%] vs few-shot" in (tmp_path / "report.html").read_text()
+
+
+def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [PYTHON, str(ROOT / "benchmarks" / "headline.py"), "--size", "tiny", "--policy", str(tiny_chain["sft"]),
+           "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--layers", "2", "--heads", "2",
+           "--seq-len", "128", "--batch", "8", "--steps", "12", "--shots", "2", "--n-prompts", "10"]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kb.json identical, demonstrations.jsonl identical, prompts/eval.jsonl identical" in proc.stdout
+    head = json.loads((tmp_path / "h" / "headline.json").read_text())
+    assert head["win_rate"]["n"] == 10 and head["win_rate_prompted"]["n"] == 10 and head["shots"] == 2
+    assert head["base"]["pretrain_tokens"] == 12 * 8 * 128 and head["policy"]["params"] > 0
+    ev = json.loads((tmp_path / "h" / "eval" / "eval.json").read_text())["models"]
+    # the policy's win rate is the base's loss rate, ties half
+    assert abs(head["win_rate"]["rate"] + ev["base_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
+    assert abs(head["win_rate"]["low"] + ev["base_fewshot"]["win_rate"]["high"] - 1) < 1e-9
+    assert json.loads((run / "headline.json").read_text()) == head
+    assert "vs few-shot" in proc.stdout and "acceptance" in proc.stdout
+    # a rerun skips every stage and gives the same figures
+    again = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert json.loads((tmp_path / "h" / "headline.json").read_text())["win_rate"] == head["win_rate"]
+    # another few-shot setting (or another policy) redoes the eval instead of reusing it
+    other = subprocess.run([*cmd[:-3], "1", *cmd[-2:]], env=subprocess_env(), capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert other.returncode == 0 and "redoing it" in other.stdout
+    assert json.loads((tmp_path / "h" / "headline.json").read_text())["shots"] == 1
