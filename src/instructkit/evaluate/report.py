@@ -37,6 +37,10 @@ def _interval(w) -> str:
     return "n/a" if not w else f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
 
 
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "n/a"
+
+
 def claims_table(summary: dict) -> list[tuple[str, str, str]]:
     """(claim, paper figure, this run's figure) for every claim of SANDBOX.md's table."""
     models = summary.get("eval", {}).get("models", {})
@@ -75,7 +79,9 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
     rm = summary.get("rm", {})
     rows.append(("Labeler agreement and RM accuracy", "72.6 ± 1.5% training labelers, 77.3 ± 1.3% held-out; RM 69.6-72.4%",
                  f"training pool {_pct(agree.get('train'))}, held-out panel {_pct(agree.get('heldout'))}; "
-                 f"RM held-out accuracy {_pct(rm.get('accuracy'))}"))
+                 f"RM held-out accuracy {_pct(rm.get('val_accuracy'))} "
+                 f"({_ratio(rm.get('val_accuracy'), agree.get('train'))} of the training pool's agreement), "
+                 f"vs the gold ordering {_pct(rm.get('val_gold_accuracy'))}"))
     return rows
 
 
