@@ -43,6 +43,32 @@ TINY_MODEL = ["init.d_model=32", "init.n_layers=2", "init.n_heads=2", "init.max_
               "tokenizer.vocab_size=300"]
 
 
+def fit_tiny_gpt2(out, seed: int, sentences: list[str], steps: int, prefix: str) -> Path:
+    """A tiny GPT-2 (train_tokenizer / new_model / save_model) fitted for a few steps on `prefix +
+    sentence` texts, so that its samples read as words rather than stray bytes."""
+    import torch
+
+    from instructkit.config import ModelInit
+    from instructkit.models import new_model, save_model, train_tokenizer
+
+    tok = train_tokenizer(sentences * 4, 300)
+    model = new_model(ModelInit(family="gpt2", d_model=32, n_layers=2, n_heads=2, max_len=128), tok, seed=seed)
+    ids = []
+    for s in sentences * 6:
+        ids += tok(prefix + s, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    data = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        batch = data[torch.randint(len(data), (8,), generator=g)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    save_model(model.eval(), tok, out)
+    return Path(out)
+
+
 def pretrain_argv(corpus, out, family: str = "gpt2", steps: int = 30) -> list[str]:
     return ["pretrain", f"data.train={corpus}", f"out={out}", f"init.family={family}", *TINY_MODEL,
             "seq_len=32", "batch_size=8", f"max_steps={steps}", "optim.warmup_steps=3", "log_every=5",

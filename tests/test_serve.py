@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -28,29 +27,13 @@ SENTENCES = ["the cat is red.", "the dog is blue.", "a bird can sing.", "the sun
              "the moon is far.", "one tree is big.", "a ship is slow."]
 
 
+from conftest import fit_tiny_gpt2  # noqa: E402
+
+
 def build_tiny_model(out: Path, seed: int, steps: int = 80) -> Path:
     """A tiny random GPT-2 (train_tokenizer / new_model / save_model), fitted for a few steps on a
     handful of sentences so that its samples read as words rather than stray bytes."""
-    from instructkit.config import ModelInit
-    from instructkit.models import new_model, save_model, train_tokenizer
-
-    tok = train_tokenizer(SENTENCES * 4, 300)
-    model = new_model(ModelInit(family="gpt2", d_model=32, n_layers=2, n_heads=2, max_len=128), tok, seed=seed)
-    ids = []
-    for s in SENTENCES * 6:
-        ids += tok(" " + s, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    n = len(ids) // 32 * 32
-    data = torch.tensor(ids[:n]).view(-1, 32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        batch = data[torch.randint(len(data), (8,), generator=g)]
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    save_model(model.eval(), tok, out)
-    return out
+    return fit_tiny_gpt2(out, seed, SENTENCES, steps, prefix=" ")
 
 
 @pytest.fixture(scope="module")

@@ -23,27 +23,12 @@ SENTENCES = ["the cat is red .", "the dog is blue and very old .", "a bird can s
              "my fish is old and slow and grey .", "the moon is far .", "one tree is big .", "a ship is slow ."]
 
 
+from conftest import fit_tiny_gpt2  # noqa: E402
+
+
 def build_tiny_model(out: Path, seed: int, steps: int = 40, sentences: list[str] = SENTENCES) -> Path:
     """A tiny GPT-2 fitted for a few steps on short sentences, so that samples have words of varied length."""
-    from instructkit.config import ModelInit
-    from instructkit.models import new_model, save_model, train_tokenizer
-
-    tok = train_tokenizer(sentences * 4, 300)
-    model = new_model(ModelInit(family="gpt2", d_model=32, n_layers=2, n_heads=2, max_len=128), tok, seed=seed)
-    ids = []
-    for s in sentences * 6:
-        ids += tok("say something\n" + s, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    data = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        batch = data[torch.randint(len(data), (8,), generator=g)]
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    save_model(model.eval(), tok, out)
-    return out
+    return fit_tiny_gpt2(out, seed, sentences, steps, prefix="say something\n")
 
 
 PROMPTS = [f"say something about the {w}\n" for w in ("cat", "dog", "bird", "sun", "fish", "moon", "tree", "ship",
