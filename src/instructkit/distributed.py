@@ -85,6 +85,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def processes_note(strategy: str, sep: str = ", ") -> str:
+    """For a stage's start line: `, 2 processes (ddp)` under torchrun, nothing otherwise."""
+    return f"{sep}{world_size()} processes ({strategy})" if is_distributed() else ""
+
+
 def is_main() -> bool:
     return rank() == 0
 

@@ -572,7 +572,7 @@ def run(cfg: DirectConfig) -> dict:
           f"{max_len} tokens), {cfg.epochs} epochs = {total} steps x {cfg.batch_size}, select by "
           f"{cfg.select.by}, reference {'cached' if ref_info.get('cache_hit') else 'computed' if ref else 'none'}, "
           f"{forward} forward, {threads} thread(s), seed {cfg.seed}"
-          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+          + D.processes_note(cfg.dist.strategy))
 
     wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, loss_ema = 0, None, None, None

@@ -140,7 +140,7 @@ def run(cfg: PPOConfig) -> dict:
           f"{cfg.ppo_epochs} epoch(s) of minibatch "
           f"{cfg.minibatch}; beta {cfg.kl.coef}{' (adaptive)' if cfg.kl.adaptive else ''}; "
           f"ptx {cfg.ptx_coef} x {ptx_per_step} seqs/step; {threads} thread(s), seed {cfg.seed}"
-          + (f"; {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+          + D.processes_note(cfg.dist.strategy, "; "))
 
     # DDP / FSDP2 under torchrun (the reference and the reward model are frozen: a copy per process)
     policy_w = D.wrap(policy, cfg.dist)

@@ -73,7 +73,7 @@ def run(cfg: PretrainConfig) -> dict:
     print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters ({model.config.model_type}), "
           f"vocab {len(tok)}, {blocks.numel() / 1e6:.2f}M tokens in {len(blocks)} blocks, "
           f"{cfg.max_steps} steps x {cfg.batch_size}, {threads} thread(s), seed {cfg.seed}"
-          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+          + D.processes_note(cfg.dist.strategy))
 
     wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, cfg.max_steps, state)
     start, loss_ema = 0, None

@@ -190,7 +190,7 @@ def run(cfg: RMConfig) -> dict:
           f"truncated to {max_len} tokens), {len(val)} held out; skipped {flagged + vflagged} not_rankable and "
           f"{tied + vtied} all-tied records; {cfg.epochs} epoch(s) = {total} steps x {cfg.batch_size} prompts, "
           f"{threads} thread(s), seed {cfg.seed}"
-          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+          + D.processes_note(cfg.dist.strategy))
 
     wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, train_seconds, acc_ema = 0, None, None, 0.0, None

@@ -99,7 +99,7 @@ def run(cfg: SFTConfig) -> dict:
     print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} demonstrations "
           f"({n_trunc} truncated to {max_len} tokens), {cfg.epochs} epochs = {total} steps x "
           f"{cfg.batch_size}, select by {cfg.select.by}, {threads} thread(s), seed {cfg.seed}"
-          + (f", {D.world_size()} processes ({cfg.dist.strategy})" if D.is_distributed() else ""))
+          + D.processes_note(cfg.dist.strategy))
 
     wrapped, optimizer, scheduler = setup_training(model, cfg.dist, cfg.optim, total, state)
     start, best, best_state, loss_ema = 0, None, None, None
