@@ -369,15 +369,11 @@ def run_stage(stage: Stage, threads: int = 0) -> None:
     the stage's own args give wins)."""
     import os
 
-    from instructkit import cli
-    from instructkit.config import load_config
-
-    words = stage.command.split()
     saved = os.environ.get("OMP_NUM_THREADS")
     if threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read by set_threads(0) in every command
     try:
-        _run_stage(stage, words, cli, load_config)
+        _run_stage(stage)
     finally:
         if threads > 0:
             if saved is None:
@@ -386,7 +382,11 @@ def run_stage(stage: Stage, threads: int = 0) -> None:
                 os.environ["OMP_NUM_THREADS"] = saved
 
 
-def _run_stage(stage: Stage, words: list[str], cli, load_config) -> None:
+def _run_stage(stage: Stage) -> None:
+    from instructkit import cli
+    from instructkit.config import load_config
+
+    words = stage.command.split()
     if stage.command in BUILTINS:
         BUILTINS[stage.command](stage.args)
     elif words[0] in cli.COMMANDS:
