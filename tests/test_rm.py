@@ -95,7 +95,9 @@ def test_k_way_loss_through_the_batching_on_hand_computed_values():
         EncodedRanking([seq(3, 11), seq(1, 12), seq(2, 12), seq(5, 14)], [1, 2, 3, 4]),
     ]
     batch = collate_rankings(items, pad_id=0)
-    assert batch["input_ids"].shape == (9, 7)
+    (ids, _, rows), = batch["buckets"]
+    assert ids.shape == (9, 7) and rows.tolist() == list(range(9))
+    assert batch["n_rows"] == 9 and batch["tokens"] == 2 + 5 + 3 + 1 + 7 + 4 + 2 + 3 + 6
     assert batch["valid"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
     scores = ranking_scores(model, batch)  # (3, 4)
     assert torch.allclose(scores.detach(), torch.tensor([[2, 1, 0, 0], [0.3, 0, 0, 0], [1, 0, 0, -1.0]]))
@@ -107,10 +109,15 @@ def test_k_way_loss_through_the_batching_on_hand_computed_values():
     assert loss.item() == pytest.approx(0.473325, abs=1e-5)
     # accuracy pooled over the 9 pairs: A 2, B 0, C 5 + 0.5 (score tie) -> 7.5 / 9
     assert stats["n_pairs"] == 9 and float(stats["accuracy"]) == pytest.approx(7.5 / 9)
-    # the same through the training step, whole batch and one prompt per micro-batch
-    for micro in (0, 1):
+    # length buckets: the same scores, rows back in input order, less padding
+    bucketed = collate_rankings(items, pad_id=0, bucket_rows=4)
+    assert [b[0].shape for b in bucketed["buckets"]] == [(4, 3), (4, 6), (1, 7)]  # lengths 1,2,2,3 | 3,4,5,6 | 7
+    assert bucketed["padded_tokens"] == 12 + 24 + 7 < 9 * 7
+    assert torch.allclose(ranking_scores(model, bucketed).detach(), scores.detach())
+    # the same through the training step: whole batch, one prompt per micro-batch, length buckets
+    for micro, buckets in ((0, 0), (1, 0), (0, 2), (2, 3)):
         model.zero_grad()
-        out = forward_backward(model, items, pad_id=0, micro_batch_size=micro)
+        out = forward_backward(model, items, pad_id=0, micro_batch_size=micro, bucket_rows=buckets)
         assert out["loss"] == pytest.approx(0.473325, abs=1e-5)
         assert out["rows"] == 9 and out["n_pairs"] == 9
         grad = model.base.emb.weight.grad.squeeze(1)
@@ -130,6 +137,9 @@ def test_exactly_k_forward_rows_per_prompt_in_one_pass(world):
     forward_backward(model, items, tok.pad_token_id)
     assert seen == [sum(ks)]  # one forward, 4 + 9 + 2 rows (a pairwise trainer: 2 x (6 + 36 + 1) = 86)
     seen.clear()
+    forward_backward(model, items, tok.pad_token_id, bucket_rows=4)
+    assert seen == [4, 4, 4, 3]  # length buckets: still every row once
+    seen.clear()
     forward_backward(model, items, tok.pad_token_id, micro_batch_size=2)
     assert sorted(seen) == sorted([4 + 2, 9])  # micro-batches hold whole prompts (sorted by length)
     handle.remove()
@@ -141,11 +151,11 @@ def test_micro_batches_give_the_same_gradients(world):
     items = [EncodedRanking([encode_response(tok, r["prompt"], c, 48)[0] for c in r["completions"]], r["ranks"])
              for r in recs]
     grads = []
-    for micro in (0, 2):
+    for micro, buckets in ((0, 0), (2, 0), (0, 5)):
         model.zero_grad()
-        forward_backward(model, items, tok.pad_token_id, micro)
+        forward_backward(model, items, tok.pad_token_id, micro, buckets)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and torch.allclose(grads[0], grads[2], atol=1e-6)
 
 
 def test_split_by_prompt_keeps_a_prompt_on_one_side():
@@ -192,7 +202,8 @@ def test_rm_end_to_end_then_rm_eval_and_score(world, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     # exactly K rows per prompt over the epoch: sum of K of the rankable training records
-    assert sum(rows) == sum(world["train_ks"]) and len(rows) == -(-len(world["train_ks"]) // 8)
+    # (bucket_rows 32: a step's rows in length groups of at most 32)
+    assert sum(rows) == sum(world["train_ks"]) and max(rows) <= 32 and len(rows) >= -(-len(world["train_ks"]) // 8)
     assert "skipped 1 not_rankable and 1 all-tied" in printed
     assert "pairwise accuracy" in printed and "labelers' agreement 0.750" in printed and "vs gold" in printed
     meta = json.loads((out / "instructkit.json").read_text())
@@ -200,7 +211,7 @@ def test_rm_end_to_end_then_rm_eval_and_score(world, tmp_path, capsys):
     assert meta["gates"]["bon_gain"] > 0 and meta["gates"]["bon_n"] == "2..6"  # read by ppo's check_gate
     assert meta["metrics"]["val_accuracy"] > 0.65  # learnable signal: "good" words up, "bad" words down
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == list(range(1, len(rows) + 1))
+    assert [l["step"] for l in lines] == list(range(1, -(-len(world["train_ks"]) // 8) + 1))
     assert {"loss", "accuracy", "lr", "grad_norm"} <= set(lines[0])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["GPT2ForSequenceClassification"]

@@ -492,6 +492,9 @@ class RMConfig(StageConfig):
     epochs: int = F(1, "passes over the rankings (InstructGPT: exactly 1; more overfits)")
     batch_size: int = F(64, "prompts (each with all its K completions) per optimiser step (InstructGPT: 64)")
     micro_batch_size: int = F(0, "prompts per forward pass, gradients accumulated (memory); 0 = the whole batch")
+    bucket_rows: int = F(32, "completions per padded forward pass: a step's rows sorted by length and cut into "
+                             "groups this size (sandbox K-way batches: 43% -> 79% real tokens, 2.5x faster on CPU; larger "
+                             "suits a GPU); 0 = one pass")
     dropout: float = F(0.0, "dropout during RM training")
     optim: OptimConfig = F(OptimConfig(lr=1e-4), "optimiser: cosine to 10%, no warm-up (InstructGPT RM: "
                                                    "9e-6 at 6B and LR-insensitive; tiny models need more)")

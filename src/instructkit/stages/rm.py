@@ -2,7 +2,8 @@
 
 The SFT model with its LM head replaced by a scalar head. One batch element is one prompt with
 all its K completions: the K sequences of every prompt in the batch go through the model in one
-padded forward pass (sum of K rows, not 2 x C(K,2)), the scores are reshaped to (B, Kmax) with a
+forward pass (sum of K rows, not 2 x C(K,2); cut into groups of similar length so that little
+padding is computed, `bucket_rows`), the scores are reshaped to (B, Kmax) with a
 validity mask (mixed K), and the loss is -1/P sum over the prompt's P ranked pairs of
 log sigmoid(r_w - r_l), ties dropped, then the mean over prompts. Shuffling the pairs of one prompt
 across batches overfits (paper §3.5); re-encoding every completion K-1 times is what makes the
@@ -37,27 +38,44 @@ from instructkit.stages.rm_eval import (EncodedRanking, attach_gold, encode_rank
 
 # ---------------------------------------------------------------------------- batching
 
-def collate_rankings(items: list[EncodedRanking], pad_id: int) -> dict[str, torch.Tensor]:
-    """All completions of all prompts as one right-padded batch of N = sum K rows.
-    -> input_ids, attention_mask (N, T); ranks (B, Kmax) long; valid (B, Kmax) bool."""
+def collate_rankings(items: list[EncodedRanking], pad_id: int, bucket_rows: int = 0) -> dict:
+    """All completions of all prompts as N = sum K rows, each row forwarded once.
+    -> buckets: [(input_ids, attention_mask, rows)] right-padded groups of rows, `rows` the flat row
+    indices they hold; ranks (B, Kmax) long; valid (B, Kmax) bool; tokens: real tokens; n_rows.
+    bucket_rows = 0: one group in input order (one padded forward pass); else the rows sorted by
+    length and cut into groups of that many, each padded only to its own longest row."""
     B, kmax = len(items), max(len(it.seqs) for it in items)
-    ids, mask = right_pad([s for it in items for s in it.seqs], pad_id)  # (N, T)
+    seqs = [s for it in items for s in it.seqs]
+    if bucket_rows and bucket_rows < len(seqs):
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        groups = [order[i:i + bucket_rows] for i in range(0, len(order), bucket_rows)]
+    else:
+        groups = [list(range(len(seqs)))]
+    buckets = []
+    for g in groups:
+        ids, mask = right_pad([seqs[i] for i in g], pad_id)  # (n, T_g)
+        buckets.append((ids, mask, torch.tensor(g, dtype=torch.long)))
     ranks = torch.zeros((B, kmax), dtype=torch.long)
     valid = torch.zeros((B, kmax), dtype=torch.bool)
     for b, it in enumerate(items):
         ranks[b, : len(it.ranks)] = torch.tensor(it.ranks)
         valid[b, : len(it.ranks)] = True
-    return {"input_ids": ids, "attention_mask": mask, "ranks": ranks, "valid": valid}
+    return {"buckets": buckets, "ranks": ranks, "valid": valid, "n_rows": len(seqs),
+            "tokens": sum(len(s) for s in seqs), "padded_tokens": sum(int(ids.numel()) for ids, _, _ in buckets)}
 
 
-def ranking_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One forward pass over all N rows -> scores (B, Kmax); invalid slots hold 0."""
-    flat = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (N,)
+def ranking_scores(model, batch: dict) -> torch.Tensor:
+    """One forward pass per bucket, every row once -> scores (B, Kmax); invalid slots hold 0."""
+    parts = [(rows, reward_scores(model, ids, mask)) for ids, mask, rows in batch["buckets"]]
+    flat = torch.cat([s for _, s in parts])
+    rows = torch.cat([r for r, _ in parts])
+    flat = torch.empty_like(flat).index_copy(0, rows, flat)  # back to input order: (N,)
     # valid is row-major and each row's completions come first, the order of the flat rows
     return torch.zeros(batch["valid"].shape, dtype=flat.dtype).masked_scatter(batch["valid"], flat)  # (B, Kmax)
 
 
-def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batch_size: int = 0) -> dict:
+def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batch_size: int = 0,
+                     bucket_rows: int = 0) -> dict:
     """Loss of one optimiser step's prompts, gradients accumulated. Every item has >= 1 ranked pair,
     so the batch loss (mean over prompts) is the size-weighted sum of the micro-batch losses.
     `model` may be the training wrapper (distributed.wrap): under torchrun each process runs its
@@ -69,7 +87,7 @@ def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batc
         micro_batch_size = 0
     sums = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "n_pairs": 0, "rows": 0, "tokens": 0}
     for chunk, live in D.micro_batches(model, items, micro_batch_size):
-        batch = collate_rankings(chunk, pad_id)
+        batch = collate_rankings(chunk, pad_id, bucket_rows)
         scores = D.call(model, ranking_scores, batch)  # (b, Kmax)
         loss, stats = ranking_loss(scores, batch["ranks"], batch["valid"])
         D.backward(loss, live * len(chunk) / len(items))
@@ -78,8 +96,8 @@ def forward_backward(model, items: list[EncodedRanking], pad_id: int, micro_batc
             sums["correct"] += float(stats["accuracy"]) * stats["n_pairs"]
             sums["margin"] += float(stats["margin"]) * stats["n_pairs"]
             sums["n_pairs"] += stats["n_pairs"]
-            sums["rows"] += batch["input_ids"].shape[0]
-            sums["tokens"] += int(batch["attention_mask"].sum())
+            sums["rows"] += batch["n_rows"]
+            sums["tokens"] += batch["tokens"]
     sums = D.all_reduce_sum(sums)  # the whole batch's (under torchrun)
     n_pairs = int(sums["n_pairs"])
     return {"loss": sums["loss"] / len(items), "accuracy": sums["correct"] / max(1, n_pairs),
@@ -210,7 +228,7 @@ def run(cfg: RMConfig) -> dict:
         batch_items = [items[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
         optimizer.zero_grad(set_to_none=True)
         # forward: all K completions of every prompt in one pass; InstructGPT eq. 1 over all ranked pairs
-        stats = forward_backward(wrapped, batch_items, tok.pad_token_id, cfg.micro_batch_size)
+        stats = forward_backward(wrapped, batch_items, tok.pad_token_id, cfg.micro_batch_size, cfg.bucket_rows)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         optimizer.step()
         scheduler.step()
