@@ -203,6 +203,13 @@ def test_shared_prefix_forward_matches_plain_forward(tok, family):
     assert_close(fast, slow, atol=2e-5, rtol=1e-5)
     for a, b in zip(g_fast, g_slow):
         assert_close(a, b, atol=2e-5, rtol=1e-4)
+    # completions in length buckets (2 per pass, each with its owners' prompt cache): the same values and gradients
+    for buckets in (0, 2):
+        part, n_part = completion_logps(model, prompts, comps, owner, tok.pad_token_id, bucket_rows=buckets)
+        assert n_part.tolist() == n_slow.tolist()
+        assert_close(part, slow, atol=2e-5, rtol=1e-5)
+        for a, b in zip(torch.autograd.grad(part.sum(), list(model.parameters())), g_slow):
+            assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- end to end

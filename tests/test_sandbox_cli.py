@@ -50,9 +50,14 @@ def test_label_passes_repeat_every_prompt_with_fresh_samples(setup, capsys):
     assert "5 prompts x 2 pass(es) = 10 rankings" in capsys.readouterr().out
     lines = two.read_text().splitlines()
     assert lines == one.read_text().splitlines() + seed1.read_text().splitlines()
-    with pytest.raises(InputError):
-        world_main(base + ["--out", str(setup / "p0.jsonl"), "--passes", "0"])
-    assert not (setup / "p0.jsonl").exists()
+    # the passes in two worker processes: the same records, in pass order
+    par = setup / "par.jsonl"
+    assert world_main(base + ["--out", str(par), "--passes", "2", "--processes", "2"]) == 0
+    assert par.read_text().splitlines() == lines
+    for bad in (["--passes", "0"], ["--processes", "0"]):
+        with pytest.raises(InputError):
+            world_main(base + ["--out", str(setup / "p0.jsonl")] + bad)
+        assert not (setup / "p0.jsonl").exists()
 
 
 def test_label_rejects_bad_inputs_before_sampling(setup):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--passes", type=int, default=1,
                      help="label every prompt N times, each pass with fresh samples (pass p uses seed + p)")
+    lab.add_argument("--processes", type=int, default=1,
+                     help="run the passes in up to N worker processes of one torch thread each (the same records "
+                          "as one process, in pass order; 2 passes on 2 cores: ~2x faster)")
     lab.add_argument("--gold", action="store_true",
                      help="also write each completion's hidden gold utility (\"gold_utilities\"), for diagnostics "
                           "such as the RM's accuracy vs gold; training must use only the ranks")
@@ -151,6 +155,22 @@ def sample_k(model, tok, prompts: list[str], ks: list[int], temps: list[float], 
     return out  # type: ignore[return-value]
 
 
+def _label_pass(job: tuple, world=None, model=None) -> tuple[list[dict], int]:
+    """One labeling pass (fresh samples of every prompt, seeded by `seed`, ranked by the pool).
+    A top-level function so that worker processes can run it; they load the world and model."""
+    from instructkit.sandbox import labelers as L
+    from instructkit.sandbox.world import World
+
+    world_dir, model_path, prompts, tasks, k, temps, max_new_tokens, batch_size, pool, seed, threads = job
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by _load_model's set_threads(0)
+    world = world or World.load(world_dir)
+    model, tok = model or _load_model(model_path)
+    ks = _draw_ks(len(prompts), k, seed)
+    comps = sample_k(model, tok, prompts, ks, temps, max_new_tokens, batch_size, seed)
+    return L.label_records(world, prompts, comps, pool, seed=seed, tasks=tasks), sum(ks)
+
+
 def _draw_ks(n: int, k: tuple[int, int], seed: int) -> list[int]:
     rng = random.Random(f"instructkit-k/{seed}")
     return [rng.randint(*k) for _ in range(n)]
@@ -171,16 +191,25 @@ def cmd_label(args) -> int:
         recs = recs[: args.limit]
     if args.passes < 1:
         raise InputError(f"expected at least 1 pass, got {args.passes}", field="--passes")
-    model, tok = _load_model(args.model)
+    if args.processes < 1:
+        raise InputError(f"expected at least 1 process, got {args.processes}", field="--processes")
     t0 = time.time()
     prompts = [r["prompt"] for r in recs]
     tasks = [r.get("task") or world.judge(r["prompt"], "").task for r in recs]
-    records, n_comps = [], 0
-    for seed in range(args.seed, args.seed + args.passes):
-        ks = _draw_ks(len(prompts), k, seed)
-        comps = sample_k(model, tok, prompts, ks, temps, args.max_new_tokens, args.batch_size, seed)
-        records += L.label_records(world, prompts, comps, args.pool, seed=seed, tasks=tasks)
-        n_comps += sum(ks)
+    job = (args.world, args.model, prompts, tasks, k, temps, args.max_new_tokens, args.batch_size, args.pool)
+    seeds = list(range(args.seed, args.seed + args.passes))
+    workers = min(args.processes, len(seeds))
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            done = list(ex.map(_label_pass, [job + (s, 1) for s in seeds]))
+    else:
+        model = _load_model(args.model)
+        done = [_label_pass(job + (s, 0), world=world, model=model) for s in seeds]
+    records = [r for recs_, _ in done for r in recs_]
+    n_comps = sum(n for _, n in done)
     if args.gold:
         for r in records:
             r["gold_utilities"] = [world.utility(r["prompt"], c) for c in r["completions"]]

@@ -45,6 +45,9 @@ from instructkit.run import (RunDir, epoch_batches, progress, rng_state, seed_ev
 
 LOSSES = ("dpo", "cdpo", "ipo", "slic", "kto", "orpo")
 CACHE_VERSION = 1
+# completions per padded pass (sorted by length): sandbox K-way batches pad to their longest
+# completion, several times the typical one
+BUCKET_ROWS = 32
 REFERENCE_PASSES = 0  # how many reference log-prob passes over a dataset this process ran (tests read it)
 
 
@@ -146,31 +149,66 @@ def length_key(g: Group) -> int:
 # ----------------------------------------------------------------------------- forward
 
 def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], owner: list[int],
-                     pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     pad_id: int, bucket_rows: int = BUCKET_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over its tokens of log pi(completion | prompt) and the token count, each (N,).
 
     The prompts (G of them) run once; their cached keys/values are then repeated for the N
-    completions, which run in one pass attending to them (gradients flow through the cache into the
-    prompt pass). The LM head sees only the positions that predict a completion token."""
+    completions, which run attending to them (gradients flow through the cache into the prompt
+    pass): in one pass, or with bucket_rows > 0 sorted by length in groups of that many, each padded
+    only to its own longest completion. The LM head sees only the positions that predict a
+    completion token."""
     if getattr(model, "instructkit_plain_forward", False):
         return completion_logps_full(model, prompts, completions, owner, pad_id)
     dev = next(model.parameters()).device
-    base, head = model.base_model, model.get_output_embeddings()
+    base = model.base_model
     prompt_ids, prompt_mask = (t.to(dev) for t in right_pad(prompts, pad_id))  # (G, P)
-    comp_ids, comp_mask = (t.to(dev) for t in right_pad(completions, pad_id))  # (N, C)
-    own = torch.tensor(owner, dtype=torch.long, device=dev)  # (N,)
     plen = prompt_mask.sum(1)  # (G,)
     out = base(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
-    cache = out.past_key_values
-    cache.reorder_cache(own)  # (G, H, P, D/H) -> (N, H, P, D/H) per layer
-    positions = plen[own].unsqueeze(1) + torch.arange(comp_ids.shape[1], device=dev)  # (N, C), skip the prompt's padding
+    n = len(completions)
+    if not bucket_rows or bucket_rows >= n:
+        groups = [list(range(n))]
+    else:
+        order = sorted(range(n), key=lambda i: len(completions[i]))
+        groups = [order[i:i + bucket_rows] for i in range(0, n, bucket_rows)]
+    sums = torch.zeros(n, device=dev)
+    counts = torch.zeros(n, dtype=torch.long, device=dev)
+    for rows in groups:
+        cache = out.past_key_values if len(groups) == 1 else _select_cache(out.past_key_values, model.config,
+                                                                            [owner[i] for i in rows], dev)
+        if len(groups) == 1:
+            cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=dev))  # (G, ...) -> (N, ...) per layer
+        s, c = _completion_pass(model, out.last_hidden_state, prompt_mask, plen, cache,
+                                [completions[i] for i in rows], [owner[i] for i in rows], pad_id, dev)
+        idx = torch.tensor(rows, dtype=torch.long, device=dev)
+        sums = sums.index_add(0, idx, s.to(sums.dtype))
+        counts = counts.index_add(0, idx, c)
+    return sums, counts
+
+
+def _select_cache(cache, config, rows: list[int], dev):
+    """A new cache holding the prompt keys/values of `rows` (one entry per completion; differentiable)."""
+    from transformers import DynamicCache
+
+    idx = torch.tensor(rows, dtype=torch.long, device=dev)
+    new = DynamicCache(config=config)
+    for layer, src in enumerate(cache.layers):
+        new.update(src.keys.index_select(0, idx), src.values.index_select(0, idx), layer)
+    return new
+
+
+def _completion_pass(model, prompt_hidden, prompt_mask, plen, cache, completions, owner, pad_id, dev):
+    """Log-prob sums and token counts of `completions` given their prompts' cache, each (n,)."""
+    base, head = model.base_model, model.get_output_embeddings()
+    comp_ids, comp_mask = (t.to(dev) for t in right_pad(completions, pad_id))  # (n, C)
+    own = torch.tensor(owner, dtype=torch.long, device=dev)  # (n,)
+    positions = plen[own].unsqueeze(1) + torch.arange(comp_ids.shape[1], device=dev)  # (n, C), skip the prompt's padding
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:  # a short row's padding can run past the position table when another row is long; it is masked
         positions = positions.clamp(max=limit - 1)
     hidden = base(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[own], comp_mask], 1),
-                  position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state  # (N, C, D)
-    first = out.last_hidden_state[own, plen[own] - 1]  # (N, D): the last prompt token predicts completion token 0
-    predict = torch.cat([first.unsqueeze(1), hidden[:, :-1]], 1)  # (N, C, D): predict[:, j] -> comp_ids[:, j]
+                  position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state  # (n, C, D)
+    first = prompt_hidden[own, plen[own] - 1]  # (n, D): the last prompt token predicts completion token 0
+    predict = torch.cat([first.unsqueeze(1), hidden[:, :-1]], 1)  # (n, C, D): predict[:, j] -> comp_ids[:, j]
     real = comp_mask.bool()
     logits = head(predict[real])  # (M, V), M = real completion tokens
     token_lp = L.token_logprobs(logits.unsqueeze(0), comp_ids[real].unsqueeze(0))[0]  # (M,)
@@ -200,10 +238,11 @@ def fast_path_ok(model, groups: list[Group], pad_id: int) -> bool:
     was = model.training
     model.eval()
     with torch.no_grad():
-        fast, _ = completion_logps(model, prompts, comps, owner, pad_id)
+        fast, _ = completion_logps(model, prompts, comps, owner, pad_id, bucket_rows=0)
+        bucketed, _ = completion_logps(model, prompts, comps, owner, pad_id, bucket_rows=2)
         full, _ = completion_logps_full(model, prompts, comps, owner, pad_id)
     model.train(was)
-    return bool(torch.allclose(fast, full, atol=1e-3, rtol=1e-4))
+    return bool(torch.allclose(fast, full, atol=1e-3, rtol=1e-4) and torch.allclose(bucketed, full, atol=1e-3, rtol=1e-4))
 
 
 def flatten(groups: list[Group], kl: bool = False) -> tuple[list[list[int]], list[list[int]], list[int]]:
