@@ -20,7 +20,7 @@ from instructkit.cli import main
 from instructkit.generation import SamplingParams, generate, left_pad
 from instructkit.models import load_causal_lm
 from instructkit.stages.bon import kl_bound
-from instructkit.stages.ppo import apply_eos_penalty, response_logprobs, response_values
+from instructkit.stages.ppo import apply_eos_penalty, bucketed, response_logprobs, response_values
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sandbox_chain import tiny_chain  # noqa: E402,F401
@@ -51,6 +51,19 @@ def test_rollout_and_training_logprobs_agree(tiny_chain, temperature):
     assert m.any()
     torch.testing.assert_close(lp[m], gen.logprobs[m], atol=1e-5, rtol=0)
     assert (ent[m] > 0).all()
+    # length buckets (2 rows per pass, each cut to its own longest prompt and response): the same
+    # log-probs and gradients at every response token, 0 past a row's response
+    P = ids.shape[1]
+    assert (full_attn[:, :P].sum(1).max() - full_attn[:, :P].sum(1).min()) > 0  # prompts of several lengths
+    fn = lambda *a: response_logprobs(model, *a, temperature)  # noqa: E731
+    whole, _ = fn(gen.sequences, full_attn, P)
+    parts, _ = bucketed(fn, gen.sequences, full_attn, P, 2)
+    assert parts.shape == whole.shape and (parts[~m] == 0).all()
+    torch.testing.assert_close(parts[m], whole[m], atol=1e-5, rtol=0)
+    g_whole = torch.autograd.grad(whole[m].sum(), list(model.parameters()))
+    g_parts = torch.autograd.grad(parts[m].sum(), list(model.parameters()))
+    for a, b in zip(g_whole, g_parts):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_missing_eos_penalty_replaces_score():
@@ -84,7 +97,7 @@ def test_ppo_ptx_end_to_end(tiny_chain, tmp_path):
     out = tmp_path / "ppo_ptx"
     w = tiny_chain["world"]
     assert main(ppo_argv(tiny_chain, out, "ptx_coef=2.0", f"ptx_data={w}/corpus/train.jsonl", "ptx_per_episode=0.5",
-                         "ptx_seq_len=32", "select=last")) == 0
+                         "ptx_seq_len=32", "select=last", "bucket_rows=4")) == 0
     meta = json.loads((out / "instructkit.json").read_text())
     assert meta["complete"] and meta["stage"] == "ppo"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -391,6 +391,9 @@ class PPOConfig(StageConfig):
     ppo_epochs: int = F(1, "passes over each rollout batch (InstructGPT: 1)")
     max_new_tokens: int = F(32, "response length limit; responses are truncated after the first EOS")
     temperature: float = F(1.0, "sampling temperature, also applied in every log-prob pass")
+    bucket_rows: int = F(32, "rows per forward pass in scoring and training: sorted by prompt + response length, "
+                             "each group cut to its own longest prompt and response (the same values, less "
+                             "padding); 0 = the whole batch in one pass")
     missing_eos_penalty: float = F(-1.0, "score given to a response that never emits EOS (replaces the RM score); 0 = off")
     kl: KLConfig = F(KLConfig(), "KL penalty")
     samples_per_prompt: int = F(1, "responses sampled per prompt in a rollout (InstructGPT: 1); rollout_batch must be a multiple")

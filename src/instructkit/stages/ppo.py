@@ -50,6 +50,31 @@ def response_values(value_model, sequences, attention_mask, prompt_len: int, gai
     return gain * values[:, prompt_len - 1:-1] + bias
 
 
+def bucketed(fn, sequences, attention_mask, prompt_len: int, bucket_rows: int):
+    """fn(sequences, attention_mask, prompt_len) -> tensors (b, n) over the response positions, run on
+    groups of `bucket_rows` rows of similar length, each cut to its own longest prompt (left padding)
+    and response (right padding): the columns removed are padding every row of the group ignores, so
+    the values are the same, and each group computes far less padding. Positions past a row's
+    response are 0 (the response mask removes them)."""
+    B, N = sequences.shape[0], sequences.shape[1] - prompt_len
+    if not bucket_rows or bucket_rows >= B:
+        return fn(sequences, attention_mask, prompt_len)
+    plen = attention_mask[:, :prompt_len].sum(1)
+    rlen = attention_mask[:, prompt_len:].sum(1)
+    order = sorted(range(B), key=lambda i: (int(plen[i]) + int(rlen[i]), int(rlen[i])))
+    parts = []
+    for start in range(0, B, bucket_rows):
+        rows = torch.tensor(order[start:start + bucket_rows])
+        p, n = max(1, int(plen[rows].max())), max(1, int(rlen[rows].max()))
+        cols = slice(prompt_len - p, prompt_len + n)
+        out = fn(sequences[rows, cols], attention_mask[rows, cols], p)
+        parts.append([torch.nn.functional.pad(t, (0, N - n)) for t in (out if isinstance(out, tuple) else (out,))])
+    inverse = torch.empty(B, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(B)
+    res = tuple(torch.cat(ts)[inverse] for ts in zip(*parts))
+    return res if len(res) > 1 else res[0]
+
+
 def apply_eos_penalty(scores, ended_with_eos, penalty: float):
     """A response that never emits EOS gets the fixed `penalty` instead of its RM score (Ziegler et
     al.; the N implementation details): the RM never saw unfinished answers, so its score means little."""
@@ -208,10 +233,12 @@ def run(cfg: PPOConfig) -> dict:
             scores = scores / (scores.std() + 1e-8)
         gold_mean = D.all_reduce_sum(sum(gold(batch_prompts, responses))) / cfg.rollout_batch if gold else None
         with torch.no_grad(), D.gathered(policy_w), D.gathered(value_w):
-            old_logprobs, _ = response_logprobs(policy, seq, full_attn, P, cfg.temperature)
-            ref_logprobs, _ = response_logprobs(reference, seq, full_attn, P, cfg.temperature)
-            old_values = (response_values(value_model, seq, full_attn, P, *value_norm) if critic
-                          else torch.zeros_like(old_logprobs))
+            old_logprobs, _ = bucketed(lambda *a: response_logprobs(policy, *a, cfg.temperature), seq, full_attn, P,
+                                       cfg.bucket_rows)
+            ref_logprobs, _ = bucketed(lambda *a: response_logprobs(reference, *a, cfg.temperature), seq, full_attn, P,
+                                       cfg.bucket_rows)
+            old_values = (bucketed(lambda *a: response_values(value_model, *a, *value_norm), seq, full_attn, P,
+                                   cfg.bucket_rows) if critic else torch.zeros_like(old_logprobs))
         # from here on every process holds the whole rollout batch, in its order: whitening, the KL
         # controller and the minibatches see global statistics, exactly as one process would
         seq, full_attn, mask, old_logprobs, ref_logprobs, old_values = (
@@ -254,7 +281,8 @@ def run(cfg: PPOConfig) -> dict:
                     ptx_share = len(ptx_rows) / len(rows)
                     ptx = ptx_blocks[ptx_rows if len(ptx_rows) else rows[:1]]
                 logprobs, entropy, ptx_loss = policy_w(lambda m: (
-                    *response_logprobs(m, seq[mine], full_attn[mine], P, cfg.temperature),
+                    *bucketed(lambda *a: response_logprobs(m, *a, cfg.temperature), seq[mine], full_attn[mine], P,
+                              cfg.bucket_rows),
                     m(input_ids=ptx, labels=ptx, use_cache=False).loss if ptx is not None else None))
                 pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mine], advantages[mine], mask[mine],
                                                       cfg.clip_range)
@@ -273,7 +301,8 @@ def run(cfg: PPOConfig) -> dict:
                     opt_pi.step()
 
                 if critic:
-                    values = value_w(lambda m: response_values(m, seq[mine], full_attn[mine], P, *value_norm))
+                    values = value_w(lambda m: bucketed(lambda *a: response_values(m, *a, *value_norm), seq[mine],
+                                                        full_attn[mine], P, cfg.bucket_rows))
                     v_loss, v_stats = L.ppo_value_loss(values, old_values[mine], returns[mine], mask[mine], cfg.vf_clip)
                     opt_v.zero_grad(set_to_none=True)
                     D.backward(cfg.vf_coef * v_loss * share, 1.0)
