@@ -12,8 +12,8 @@ export HF_HUB_OFFLINE ?= 1
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,report,app]'
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check -e '.[dev,report,app]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests
 
 $(VENV)/.bench: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check -e '.[bench]'
 	touch $(VENV)/.bench
 
 bench: $(VENV)/.bench
