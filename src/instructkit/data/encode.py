@@ -54,6 +54,15 @@ def _join(p: list[int], c: list[int], max_len: int) -> tuple[Example, bool]:
     return Example(p + c, [IGNORE] * len(p) + c), truncated
 
 
+def length_buckets(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices grouped for padded passes: sorted by length, `size` per group; size 0 (or >= the
+    count) = one group in input order."""
+    if not size or size >= len(lengths):
+        return [list(range(len(lengths)))]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (N, T) input_ids and attention_mask (training and scoring; sampling left-pads)."""
     T = max(len(r) for r in rows)

@@ -37,7 +37,7 @@ from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit import losses as L
 from instructkit.config import DirectConfig
-from instructkit.data.encode import encode_text, render_prompt, right_pad
+from instructkit.data.encode import encode_text, length_buckets, render_prompt, right_pad
 from instructkit.data.jsonl import iter_json_lines
 from instructkit.errors import InputError
 from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
@@ -165,20 +165,18 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
     plen = prompt_mask.sum(1)  # (G,)
     out = base(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
     n = len(completions)
-    if not bucket_rows or bucket_rows >= n:
-        groups = [list(range(n))]
-    else:
-        order = sorted(range(n), key=lambda i: len(completions[i]))
-        groups = [order[i:i + bucket_rows] for i in range(0, n, bucket_rows)]
+    groups = length_buckets([len(c) for c in completions], bucket_rows)
     sums = torch.zeros(n, device=dev)
     counts = torch.zeros(n, dtype=torch.long, device=dev)
     for rows in groups:
-        cache = out.past_key_values if len(groups) == 1 else _select_cache(out.past_key_values, model.config,
-                                                                            [owner[i] for i in rows], dev)
-        if len(groups) == 1:
-            cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=dev))  # (G, ...) -> (N, ...) per layer
+        own = [owner[i] for i in rows]
+        if len(groups) == 1:  # the prompts' own cache, repeated in place: (G, ...) -> (N, ...) per layer
+            cache = out.past_key_values
+            cache.reorder_cache(torch.tensor(own, dtype=torch.long, device=dev))
+        else:
+            cache = _select_cache(out.past_key_values, model.config, own, dev)
         s, c = _completion_pass(model, out.last_hidden_state, prompt_mask, plen, cache,
-                                [completions[i] for i in rows], [owner[i] for i in rows], pad_id, dev)
+                                [completions[i] for i in rows], own, pad_id, dev)
         idx = torch.tensor(rows, dtype=torch.long, device=dev)
         sums = sums.index_add(0, idx, s.to(sums.dtype))
         counts = counts.index_add(0, idx, c)

@@ -18,7 +18,7 @@ from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit import losses as L
 from instructkit.config import PPOConfig
-from instructkit.data.encode import encode_text, pack_texts, render_prompt
+from instructkit.data.encode import encode_text, length_buckets, pack_texts, render_prompt
 from instructkit.errors import InputError
 from instructkit.generation import SamplingParams, generate, left_pad, position_ids_from_mask
 from instructkit.models import count_parameters, load_causal_lm, save_model, set_dropout, set_threads
@@ -61,14 +61,15 @@ def bucketed(fn, sequences, attention_mask, prompt_len: int, bucket_rows: int):
         return fn(sequences, attention_mask, prompt_len)
     plen = attention_mask[:, :prompt_len].sum(1)
     rlen = attention_mask[:, prompt_len:].sum(1)
-    order = sorted(range(B), key=lambda i: (int(plen[i]) + int(rlen[i]), int(rlen[i])))
+    groups = length_buckets((plen + rlen).tolist(), bucket_rows)
     parts = []
-    for start in range(0, B, bucket_rows):
-        rows = torch.tensor(order[start:start + bucket_rows])
+    for g in groups:
+        rows = torch.tensor(g)
         p, n = max(1, int(plen[rows].max())), max(1, int(rlen[rows].max()))
         cols = slice(prompt_len - p, prompt_len + n)
         out = fn(sequences[rows, cols], attention_mask[rows, cols], p)
         parts.append([torch.nn.functional.pad(t, (0, N - n)) for t in (out if isinstance(out, tuple) else (out,))])
+    order = [i for g in groups for i in g]
     inverse = torch.empty(B, dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(B)
     res = tuple(torch.cat(ts)[inverse] for ts in zip(*parts))

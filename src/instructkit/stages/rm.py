@@ -23,7 +23,7 @@ import torch
 from instructkit import data as datalib
 from instructkit import distributed as D
 from instructkit.config import RMConfig
-from instructkit.data.encode import render_prompt, right_pad
+from instructkit.data.encode import length_buckets, render_prompt, right_pad
 from instructkit.data.jsonl import split_paths
 from instructkit.errors import InputError
 from instructkit.losses import ranking_loss
@@ -46,13 +46,8 @@ def collate_rankings(items: list[EncodedRanking], pad_id: int, bucket_rows: int 
     length and cut into groups of that many, each padded only to its own longest row."""
     B, kmax = len(items), max(len(it.seqs) for it in items)
     seqs = [s for it in items for s in it.seqs]
-    if bucket_rows and bucket_rows < len(seqs):
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        groups = [order[i:i + bucket_rows] for i in range(0, len(order), bucket_rows)]
-    else:
-        groups = [list(range(len(seqs)))]
     buckets = []
-    for g in groups:
+    for g in length_buckets([len(s) for s in seqs], bucket_rows):
         ids, mask = right_pad([seqs[i] for i in g], pad_id)  # (n, T_g)
         buckets.append((ids, mask, torch.tensor(g, dtype=torch.long)))
     ranks = torch.zeros((B, kmax), dtype=torch.long)
