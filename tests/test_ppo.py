@@ -261,3 +261,25 @@ def test_rloo_trains_without_a_value_model(tiny_chain, tmp_path, capsys):
     assert main(ppo_argv(tiny_chain, tmp_path / "bad2", "samples_per_prompt=3")) == 2
     assert "samples_per_prompt" in capsys.readouterr().err
     assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_evaluation_averages_several_samples_per_prompt(tiny_chain):
+    """eval_samples = k: each held-out prompt is sampled k times (distinct samples) and the score is
+    the mean over all k x n judged responses."""
+    from instructkit.config import PPOConfig
+    from instructkit.stages.ppo import _evaluate
+
+    model, tok = load_causal_lm(tiny_chain["sft"])
+    prompts = ["copy the words : cat dog\n", "write the word sun 2 times\n"]
+    seen = []
+
+    def judge(ps, rs):
+        seen.append((list(ps), list(rs)))
+        return [float(len(r)) for r in rs]
+
+    cfg = PPOConfig(eval_samples=3, max_new_tokens=8)
+    score = _evaluate(model, tok, prompts, prompts, judge, cfg)
+    ps, rs = seen[0]
+    assert ps == [prompts[0]] * 3 + [prompts[1]] * 3
+    assert score == pytest.approx(sum(len(r) for r in rs) / 6)
+    assert len(set(rs[:3])) > 1 or len(set(rs[3:])) > 1  # independent samples, not one sample copied

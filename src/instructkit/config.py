@@ -419,6 +419,7 @@ class PPOConfig(StageConfig):
     eval_every: int = F(5, "evaluate on held-out prompts every N iterations (0 = only at the end)")
     eval_scorer: str = F("", "held-out judge: 'sandbox:WORLD' (gold) or 'rm:DIR'; empty = the reward model")
     eval_n: int = F(128, "held-out prompts per evaluation")
+    eval_samples: int = F(1, "responses sampled per held-out prompt in each evaluation; the score is their mean (more samples: less noise in checkpoint selection)")
     gold: str = F("", "extra scorer logged next to the RM reward (the sandbox's gold), e.g. 'sandbox:WORLD'")
     select: Literal["best", "last"] = F("best", "output the best held-out checkpoint, or the last")
     stop_on_alarm: bool = F(True, "stop (keeping the last good checkpoint) on NaN/inf; warn on negative KL and runaway length")

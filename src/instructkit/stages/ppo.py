@@ -501,8 +501,9 @@ def _evaluate(policy, tok, prompts, rendered, judge, cfg: PPOConfig) -> float:
     from instructkit.generation import generate_texts
 
     policy.eval()
-    responses = generate_texts(policy, tok, rendered, SamplingParams(max_new_tokens=cfg.max_new_tokens,
-                                                                     temperature=cfg.temperature),
+    k = max(1, cfg.eval_samples)  # each prompt k times: the mean over k samples, at 1/sqrt(k) the noise
+    responses = generate_texts(policy, tok, [r for r in rendered for _ in range(k)],
+                               SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
                                seed=cfg.seed + 12345)
-    scores = judge(prompts, responses)
+    scores = judge([p for p in prompts for _ in range(k)], responses)
     return sum(scores) / max(1, len(scores))
