@@ -2,8 +2,18 @@
 
 A pipeline file names an output root and a list of stages; each stage is any instructkit command
 with its arguments (its `out` defaults to ROOT/NAME; `output:` names the result of a command that
-writes elsewhere, for the completeness check; stages sharing a `group` run side by side). String values may use `{out}` (the root) and `{name}` for any earlier stage's
-output (e.g. `model: "{sft}"`). Nothing passes between stages in memory: every arrow is a path.
+writes elsewhere, for the completeness check). String values may use `{out}` (the root) and `{name}`
+for any earlier stage's output (e.g. `model: "{sft}"`). Nothing passes between stages in memory:
+every arrow is a path.
+
+Dependencies (`Stage.deps`, found when the file loads): a stage depends on each earlier stage whose
+output one of its args names, as a path component of any string at any depth (`{sft}`, `{sft}/x`,
+`sft={sft}`, `{sft}@0.3`, `sandbox:{world}`, or a directory holding it: `run: {out}` depends on
+every earlier stage), plus those listed in `needs: [NAME, ...]` (earlier stages only). Stages run in
+file order; consecutive stages sharing a `group` form a pool: each starts, as a child process with
+one torch thread, as soon as its deps in the pool are done, the earliest in file order first, at
+most `parallel` (a top-level key, default the CPU count; `--parallel N`) at once. After a failure
+nothing new starts; the running ones finish, then the pipeline fails naming the failed stages.
 
 `extends: BASE.yaml` (relative to the file) builds on another pipeline file, loaded first (itself
 possibly extending another; a cycle is an error): this file's `out` and `rounds` replace the base's,
@@ -28,10 +38,15 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import queue
+import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -46,7 +61,15 @@ class Stage:
     command: str  # e.g. "sft" or "world build"
     args: dict
     out: str
-    group: str | None = None  # consecutive stages of one group run at the same time, one process each
+    group: str | None = None  # consecutive stages of one group form a pool: one process each, scheduled by deps
+    deps: tuple[str, ...] = ()  # earlier stages whose outputs this one reads, and those it `needs`
+
+
+@dataclass
+class Pipeline:
+    root: str  # the output root
+    stages: list[Stage]
+    parallel: int  # at most this many stages of a group run at once
 
 
 def _format(value, names: dict, where: str, path: str | None = None):
@@ -171,6 +194,11 @@ def _resolve(p: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, list[tuple[st
 
 
 def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[Stage]]:
+    pipe = read_pipeline(path, overrides)
+    return pipe.root, pipe.stages
+
+
+def read_pipeline(path: str, overrides: dict | None = None) -> Pipeline:
     p = Path(path)
     if not p.is_file():
         raise InputError("pipeline config does not exist" if not p.exists() else "expected a file", path=str(p))
@@ -179,12 +207,18 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
     raw["vars"] = {**(raw.get("vars") or {}), **overrides.pop("vars", {})}
     stage_args = overrides.pop("stage_args", {})  # {stage name: {arg: value}}, merged into that stage's args
     raw.update(overrides)
+    parallel = (os.cpu_count() or 1) if raw.get("parallel") is None else raw["parallel"]
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise InputError(f"expected an integer >= 1 (stages of a group running at once), got {parallel!r}",
+                         path=str(p), field="parallel")
     names = {"out": str(raw["out"]), **{k: str(v) for k, v in (raw.get("vars") or {}).items()}}
     names = {k: _format(v, names, f"vars.{k}", str(p)) if k != "out" else v for k, v in names.items()}
     rounds, insert_after = _check_rounds(raw.get("rounds"), raw["stages"], rounds_path)
-    stages = []
+    stages, needs = [], {}
     for i, s in enumerate(raw["stages"]):
         src, where = origins[i][0], f"stages[{origins[i][1]}]"
+        if "needs" in s:
+            needs[s["name"]] = (s["needs"], src)
         args = _format(_deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args", src)
         if "output" in s:  # a command whose result is not written to `out` (e.g. world report --json F)
             out = _format(str(s["output"]), names, f"{where}.output", src)
@@ -195,7 +229,49 @@ def load_pipeline(path: str, overrides: dict | None = None) -> tuple[str, list[S
         stages.append(Stage(s["name"], s["command"], args, out, s.get("group")))
         if i == insert_after:
             stages += expand_rounds(rounds, {st.name: st for st in stages}, names, stage_args, rounds_path)
-    return names["out"], stages
+    for j, s in enumerate(stages):
+        s.deps = _deps(s, stages[:j], *needs.get(s.name, ([], None)))
+    return Pipeline(names["out"], stages, parallel)
+
+
+# ---------------------------------------------------------------------------- dependencies
+
+_SEPARATORS = re.compile(r"[\s,;=:@]+")  # a,b lists, name=path, sandbox:path, path@temperature
+
+
+def _paths(value) -> list[str]:
+    """Every token of every string in `value` (nested dicts and lists), as a normalised path."""
+    if isinstance(value, str):
+        return [os.path.normpath(t) for t in _SEPARATORS.split(value) if t]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths(v)]
+    return []
+
+
+def _deps(stage: Stage, earlier: list[Stage], needs, path: str | None) -> tuple[str, ...]:
+    """The earlier stages `stage` reads from: an arg names the output, a path inside it or a
+    directory holding it; plus its `needs`."""
+    own = os.path.normpath(stage.out)  # where the stage writes is not one of its inputs
+    paths = [p for p in _paths({k: v for k, v in stage.args.items() if k != "out"})
+             if p != own and not p.startswith(own + os.sep)]
+    deps = []
+    for a in earlier:
+        out = os.path.normpath(a.out)
+        if any(p == out or p.startswith(out + os.sep) or out.startswith(p + os.sep) for p in paths):
+            deps.append(a.name)
+    known = [a.name for a in earlier]
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise InputError(f"expected a list of earlier stage names, got {needs!r}", path=path,
+                         field=f"stages.{stage.name}.needs")
+    for n in needs:
+        if n not in known:
+            raise InputError(f"no earlier stage {n!r} (a stage needs only stages before it: {', '.join(known)})",
+                             path=path, field=f"stages.{stage.name}.needs")
+        if n not in deps:
+            deps.append(n)
+    return tuple(sorted(deps, key=known.index))
 
 
 # ---------------------------------------------------------------------------- iterated rounds
@@ -404,50 +480,113 @@ def _run_stage(stage: Stage) -> None:
         raise InputError(f"unknown command {stage.command!r}", field=f"stages.{stage.name}")
 
 
-def run_parallel(batch: list[Stage], root: Path) -> None:
-    """Run stages as child processes (`python -m instructkit CMD --config ARGS.yaml`), one torch
-    thread each, their output prefixed with the stage name; fail if any fails."""
-    import os
-    import subprocess
+def schedule(names: list[str], deps: dict[str, tuple[str, ...]], parallel: int,
+             start: Callable[[str], Callable[[], int]]) -> None:
+    """Run a pool of stages (`names`, in file order): each starts once its deps among `names` have
+    ended well (deps outside the pool are done already), the earliest ready one first, at most
+    `parallel` at once. `start(name)` begins a stage and returns a function that blocks until it
+    ends and returns its exit code (e.g. a Popen's `wait`). After a failure nothing new starts;
+    once the running ones have ended, an InputError names the failed stages (an exception raised
+    by `start` or a wait is re-raised instead)."""
+    pool = set(names)
+    pending, running, done, failed = list(names), set(), set(), []
+    ended: queue.Queue = queue.Queue()
+    error: BaseException | None = None
+
+    def wait_for(name: str, wait: Callable[[], int]) -> None:
+        try:
+            ended.put((name, wait()))
+        except BaseException as e:  # noqa: BLE001 -- handed to the main thread, re-raised there
+            ended.put((name, e))
+
+    while True:
+        while not failed and error is None and len(running) < parallel:
+            ready = [n for n in pending if all(d in done or d not in pool for d in deps.get(n, ()))]
+            if not ready:
+                break
+            pending.remove(ready[0])
+            try:
+                wait = start(ready[0])
+            except BaseException as e:  # noqa: BLE001 -- re-raised once the running stages have ended
+                error = e
+                break
+            running.add(ready[0])
+            threading.Thread(target=wait_for, args=(ready[0], wait), daemon=True).start()
+        if not running:
+            break
+        name, rc = ended.get()
+        running.remove(name)
+        if isinstance(rc, BaseException):
+            error = error or rc
+        elif rc:
+            failed.append((name, rc))
+        else:
+            done.add(name)
+    if error is not None:
+        raise error
+    if failed:
+        raise InputError("stage(s) failed: " + ", ".join(f"{n} (exit {rc})" for n, rc in failed)
+                         + (f"; not started: {', '.join(pending)}" if pending else ""))
+
+
+def _child_argv(s: Stage, spec_dir: Path) -> list[str]:
+    """`python -m instructkit CMD --config ARGS.yaml` (one torch thread), or a delegated command with
+    its args as flags."""
     import sys
-    import threading
+
+    words = s.command.split()
+    if words[0] in __import__("instructkit.cli").cli.COMMANDS:
+        spec = spec_dir / f"{s.name.replace('/', '__')}.yaml"  # round_2/rm -> round_2__rm.yaml
+        spec.write_text(yaml.safe_dump({**s.args, "threads": 1}))
+        return [sys.executable, "-m", "instructkit", words[0], "--config", str(spec)]
+    argv = [sys.executable, "-m", "instructkit", *words]
+    for k, v in _flatten(s.args):
+        argv += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    return argv
+
+
+def run_group(pool: list[Stage], root: Path, parallel: int) -> None:
+    """Run the stages of one group by `schedule`: each a child process with one torch thread (threads
+    would fight over the cores), its output prefixed with the stage name; a builtin command runs in
+    this process (quick, and not a command a child process knows). Fail if any fails."""
+    import subprocess
 
     spec_dir = root / ".pipeline"
     spec_dir.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for s in [s for s in batch if s.command in BUILTINS]:  # quick, and not commands a child process knows
-        run_stage(s)
-    for s in [s for s in batch if s.command not in BUILTINS]:
-        words = s.command.split()
-        env = {**os.environ, "INSTRUCTKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
-        if words[0] in __import__("instructkit.cli").cli.COMMANDS:
-            spec = spec_dir / f"{s.name.replace('/', '__')}.yaml"  # round_2/rm -> round_2__rm.yaml
-            spec.write_text(yaml.safe_dump({**s.args, "threads": 1}))
-            argv = [sys.executable, "-m", "instructkit", words[0], "--config", str(spec)]
-        else:
-            argv = [sys.executable, "-m", "instructkit", *words]
-            for k, v in _flatten(s.args):
-                argv += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-        procs.append((s, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                          env=env)))
+    by_name = {s.name: s for s in pool}
 
-    def pump(name, stream):
-        for line in stream:
-            print(f"[{name}] {line}", end="", flush=True)
-    threads = [threading.Thread(target=pump, args=(s.name, p.stdout), daemon=True) for s, p in procs]
-    for t in threads:
-        t.start()
-    failed = [(s.name, p.wait()) for s, p in procs]
-    for t in threads:
-        t.join()
-    failed = [(n, rc) for n, rc in failed if rc]
-    if failed:
-        raise InputError("stage(s) failed: " + ", ".join(f"{n} (exit {rc})" for n, rc in failed))
+    def start(name: str) -> Callable[[], int]:
+        s, t0 = by_name[name], time.time()
+        print(f"pipeline: {name}: started", flush=True)
+        if s.command in BUILTINS:
+            run_stage(s)
+            print(f"pipeline: {name}: done in {time.time() - t0:.0f}s", flush=True)
+            return lambda: 0
+        env = {**os.environ, "INSTRUCTKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(_child_argv(s, spec_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+
+        def pump():
+            for line in proc.stdout:
+                print(f"[{name}] {line}", end="", flush=True)
+        printer = threading.Thread(target=pump, daemon=True)
+        printer.start()
+
+        def wait() -> int:
+            rc = proc.wait()
+            printer.join()
+            print(f"pipeline: {name}: " + (f"failed (exit {rc})" if rc else "done") + f" in {time.time() - t0:.0f}s",
+                  flush=True)
+            return rc
+        return wait
+
+    schedule([s.name for s in pool], {s.name: s.deps for s in pool}, parallel, start)
 
 
 def run_pipeline(path: str, from_stage: str | None = None, only: list[str] | None = None,
                  overrides: dict | None = None) -> str:
-    root, stages = load_pipeline(path, overrides)
+    pipe = read_pipeline(path, overrides)
+    root, stages = pipe.root, pipe.stages
     names = [s.name for s in stages]
     if from_stage and from_stage not in names:
         raise InputError(f"no stage {from_stage!r} (stages: {', '.join(names)})", field="--from")
@@ -477,10 +616,12 @@ def run_pipeline(path: str, from_stage: str | None = None, only: list[str] | Non
         if len(batch) == 1:
             print(f"pipeline: {s.name}: {s.command} -> {s.out}")
             run_stage(s, solo_threads())
+            print(f"pipeline: {s.name}: done in {time.time() - t0:.0f}s")
         else:
-            print(f"pipeline: {', '.join(b.name for b in batch)}: running side by side (one process each)")
-            run_parallel(batch, Path(root))
-        print(f"pipeline: {', '.join(b.name for b in batch)}: done in {time.time() - t0:.0f}s")
+            print(f"pipeline: group {s.group}: {', '.join(b.name for b in batch)}, each as soon as the stages it "
+                  f"reads from are done, at most {pipe.parallel} at once (one process each)")
+            run_group(batch, Path(root), pipe.parallel)
+            print(f"pipeline: group {s.group}: {len(batch)} stages done in {time.time() - t0:.0f}s")
         i += len(batch)
     print(f"pipeline: all stages complete in {time.time() - t_all:.0f}s -> {root}")
     return root
@@ -494,9 +635,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--from", dest="from_stage", help="rerun from this stage (its output and later ones are redone)")
     ap.add_argument("--only", help="comma-separated stage names to run")
     ap.add_argument("--out", help="override the output root")
+    ap.add_argument("--parallel", type=int, help="at most this many stages of a group at once (default: the "
+                                                   "config's `parallel`, else the CPU count)")
     a = ap.parse_args(argv)
-    run_pipeline(a.config, a.from_stage, a.only.split(",") if a.only else None,
-                 {"out": a.out} if a.out else None)
+    overrides = {k: v for k, v in (("out", a.out), ("parallel", a.parallel)) if v is not None}
+    run_pipeline(a.config, a.from_stage, a.only.split(",") if a.only else None, overrides or None)
     return 0
 
 
