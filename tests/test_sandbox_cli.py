@@ -54,7 +54,17 @@ def test_label_passes_repeat_every_prompt_with_fresh_samples(setup, capsys):
     par = setup / "par.jsonl"
     assert world_main(base + ["--out", str(par), "--passes", "2", "--processes", "2"]) == 0
     assert par.read_text().splitlines() == lines
-    for bad in (["--passes", "0"], ["--processes", "0"]):
+    # one pass in shards of 2 prompts (3 shards), shared by two processes: the same records as in one
+    # process; shard 0 is the unsharded pass's first 2 records, later shards sample afresh
+    sh1, sh2 = setup / "sh1.jsonl", setup / "sh2.jsonl"
+    assert world_main(base + ["--out", str(sh1), "--shard-size", "2"]) == 0
+    assert world_main(base + ["--out", str(sh2), "--shard-size", "2", "--processes", "2"]) == 0
+    sharded = sh1.read_text().splitlines()
+    assert sh2.read_text().splitlines() == sharded and len(sharded) == 5
+    assert sharded[:2] == one.read_text().splitlines()[:2]
+    assert [json.loads(x)["prompt"] for x in sharded] == [json.loads(x)["prompt"] for x in lines[:5]]
+    assert sharded[2:] != one.read_text().splitlines()[2:]
+    for bad in (["--passes", "0"], ["--processes", "0"], ["--shard-size", "0"]):
         with pytest.raises(InputError):
             world_main(base + ["--out", str(setup / "p0.jsonl")] + bad)
         assert not (setup / "p0.jsonl").exists()

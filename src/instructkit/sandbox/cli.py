@@ -41,13 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--temperatures", default="1.0", help="comma-separated; completions cycle through them")
     lab.add_argument("--max-new-tokens", type=int, default=48)
     lab.add_argument("--batch-size", type=int, default=64)
+    lab.add_argument("--shard-size", type=int, default=500,
+                     help="prompts per work unit: each pass is labeled in shards of this many prompts, each "
+                          "seeded on its own (shard 0 with the pass's seed), so that --processes can share "
+                          "even one pass; the records do not depend on --processes")
     lab.add_argument("--limit", type=int, default=0, help="label only the first N prompts (0 = all)")
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--passes", type=int, default=1,
                      help="label every prompt N times, each pass with fresh samples (pass p uses seed + p)")
     lab.add_argument("--processes", type=int, default=1,
-                     help="run the passes in up to N worker processes of one torch thread each (the same records "
-                          "as one process, in pass order; 2 passes on 2 cores: ~2x faster)")
+                     help="run the passes' shards in up to N worker processes of one torch thread each (the same "
+                          "records as one process, in pass order; 2 processes on 2 cores: ~2x faster)")
     lab.add_argument("--gold", action="store_true",
                      help="also write each completion's hidden gold utility (\"gold_utilities\"), for diagnostics "
                           "such as the RM's accuracy vs gold; training must use only the ranks")
@@ -156,7 +160,7 @@ def sample_k(model, tok, prompts: list[str], ks: list[int], temps: list[float], 
 
 
 def _label_pass(job: tuple, world=None, model=None) -> tuple[list[dict], int]:
-    """One labeling pass (fresh samples of every prompt, seeded by `seed`, ranked by the pool).
+    """One shard of a labeling pass (fresh samples of its prompts, seeded by `seed`, ranked by the pool).
     A top-level function so that worker processes can run it; they load the world and model."""
     from instructkit.sandbox import labelers as L
     from instructkit.sandbox.world import World
@@ -164,11 +168,23 @@ def _label_pass(job: tuple, world=None, model=None) -> tuple[list[dict], int]:
     world_dir, model_path, prompts, tasks, k, temps, max_new_tokens, batch_size, pool, seed, threads = job
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read by _load_model's set_threads(0)
-    world = world or World.load(world_dir)
-    model, tok = model or _load_model(model_path)
+    if world is None or model is None:  # a worker process: load once, keep for its next shards
+        if _WORKER.get("key") != (world_dir, model_path):
+            _WORKER.update(key=(world_dir, model_path), world=World.load(world_dir), model=_load_model(model_path))
+        world, model = _WORKER["world"], _WORKER["model"]
+    model, tok = model
     ks = _draw_ks(len(prompts), k, seed)
     comps = sample_k(model, tok, prompts, ks, temps, max_new_tokens, batch_size, seed)
     return L.label_records(world, prompts, comps, pool, seed=seed, tasks=tasks), sum(ks)
+
+
+_WORKER: dict = {}  # a labeling worker process's world and model
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The seed of one shard of a pass: shard 0 keeps the pass's own seed (so a pass of one shard is
+    the unsharded pass), later shards get seeds no other pass or shard uses (for seeds < 100,000)."""
+    return seed + 100_000 * shard
 
 
 def _draw_ks(n: int, k: tuple[int, int], seed: int) -> list[int]:
@@ -196,18 +212,24 @@ def cmd_label(args) -> int:
     t0 = time.time()
     prompts = [r["prompt"] for r in recs]
     tasks = [r.get("task") or world.judge(r["prompt"], "").task for r in recs]
-    job = (args.world, args.model, prompts, tasks, k, temps, args.max_new_tokens, args.batch_size, args.pool)
-    seeds = list(range(args.seed, args.seed + args.passes))
-    workers = min(args.processes, len(seeds))
+    if args.shard_size < 1:
+        raise InputError(f"expected a shard size of at least 1, got {args.shard_size}", field="--shard-size")
+    # work units: every pass in shards of `shard_size` prompts, each with its own seed; the units
+    # are the same whatever the number of processes, so the records are too
+    size = args.shard_size
+    units = [(args.world, args.model, prompts[j:j + size], tasks[j:j + size], k, temps, args.max_new_tokens,
+              args.batch_size, args.pool, shard_seed(s, j // size))
+             for s in range(args.seed, args.seed + args.passes) for j in range(0, len(prompts), size)]
+    workers = min(args.processes, len(units))
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            done = list(ex.map(_label_pass, [job + (s, 1) for s in seeds]))
+            done = list(ex.map(_label_pass, [u + (1,) for u in units]))
     else:
         model = _load_model(args.model)
-        done = [_label_pass(job + (s, 0), world=world, model=model) for s in seeds]
+        done = [_label_pass(u + (0,), world=world, model=model) for u in units]
     records = [r for recs_, _ in done for r in recs_]
     n_comps = sum(n for _, n in done)
     if args.gold:
