@@ -176,6 +176,14 @@ def test_best_of_n(tiny_chain, tmp_path, capsys):
     assert summary["rm_best"] >= summary["rm_random"]
     recs = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(recs) == 45 and all("completion" in r and "prompt" in r for r in recs)
+    # n_prompts: the first N prompts of the file only; a negative count is an error naming the field
+    assert main(["bon", str(tiny_chain["sft"]), f"reward_model={tiny_chain['rm']}", f"prompts={w}/prompts/eval.jsonl",
+                 "n=2", "n_prompts=5", f"out={tmp_path / 'five.jsonl'}"]) == 0
+    first = [json.loads(l)["prompt"] for l in (w / "prompts/eval.jsonl").read_text().splitlines()[:5]]
+    assert [json.loads(l)["prompt"] for l in (tmp_path / "five.jsonl").read_text().splitlines()] == first
+    assert main(["bon", str(tiny_chain["sft"]), f"reward_model={tiny_chain['rm']}", f"prompts={w}/prompts/eval.jsonl",
+                 "n_prompts=-1", f"out={tmp_path / 'bad.jsonl'}"]) == 2
+    assert "n_prompts" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
 
 
 def test_kl_bound_formula():

@@ -437,6 +437,7 @@ class BoNConfig(StageConfig):
     reward_model: str = F("", "reward model that picks the best (required)")
     prompts: str = F("", "prompts JSONL (required)")
     n: int = F(16, "samples per prompt")
+    n_prompts: int = F(0, "use the first N prompts of the file (0 = all)")
     template: TemplateConfig = F(TemplateConfig(), "prompt template")
     max_new_tokens: int = F(32, "response length limit")
     temperature: float = F(1.0, "sampling temperature")
