@@ -186,7 +186,7 @@ def test_rounds_config_expands_to_the_stages_of_its_former_copy(tmp_path):
         expected = load_pipeline(before, overrides)
         assert load_pipeline(str(ROOT / "configs" / "rounds.yaml"), overrides) == expected
     assert [s.name for s in expected[1]] == [
-        "world", "pretrain", "sft", "rankings", "world_report", "rm", "dpo", "ppo", "ppo_ptx", "bon", "eval",
+        "world", "pretrain", "sft", "rankings", "rm", "dpo", "ppo", "ppo_ptx", "bon", "world_report", "eval",
         "round_2/prompts", "round_2/rankings", "round_2/rm", "round_2/policy", "round_2/eval", "eval_rounds", "report"]
     text = (ROOT / "configs" / "rounds.yaml").read_text()
     assert text.startswith("# instructkit pipeline configs/rounds.yaml") and "extends: demo.yaml" in text

@@ -120,8 +120,8 @@ def test_rounds_follow_their_group_and_the_configs():
     assert by["eval_rounds"].args["baseline"] == "round1"
     # demo.yaml keeps its stages
     _, demo = load_pipeline(str(ROOT / "configs" / "demo.yaml"))
-    assert [s.name for s in demo] == ["world", "pretrain", "sft", "rankings", "world_report", "rm", "dpo",
-                                      "ppo", "ppo_ptx", "bon", "eval", "report"]
+    assert [s.name for s in demo] == ["world", "pretrain", "sft", "rankings", "rm", "dpo", "ppo", "ppo_ptx",
+                                      "bon", "world_report", "eval", "report"]
 
 
 def test_rounds_after_a_group_and_after(tmp_path):
