@@ -160,6 +160,8 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_chain, tmp_path, capsys):
     assert not out.exists()
     rc = main(ppo_argv(tiny_chain, out, "ptx_coef=1.0"))
     assert rc == 2 and "ptx_data" in capsys.readouterr().err and not out.exists()
+    rc = main(ppo_argv(tiny_chain, out, "eval_samples=0"))
+    assert rc == 2 and "eval_samples" in capsys.readouterr().err and not out.exists()
 
 
 def test_best_of_n(tiny_chain, tmp_path, capsys):

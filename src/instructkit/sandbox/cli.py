@@ -209,11 +209,11 @@ def cmd_label(args) -> int:
         raise InputError(f"expected at least 1 pass, got {args.passes}", field="--passes")
     if args.processes < 1:
         raise InputError(f"expected at least 1 process, got {args.processes}", field="--processes")
+    if args.shard_size < 1:
+        raise InputError(f"expected a shard size of at least 1, got {args.shard_size}", field="--shard-size")
     t0 = time.time()
     prompts = [r["prompt"] for r in recs]
     tasks = [r.get("task") or world.judge(r["prompt"], "").task for r in recs]
-    if args.shard_size < 1:
-        raise InputError(f"expected a shard size of at least 1, got {args.shard_size}", field="--shard-size")
     # work units: every pass in shards of `shard_size` prompts, each with its own seed; the units
     # are the same whatever the number of processes, so the records are too
     size = args.shard_size

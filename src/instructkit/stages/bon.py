@@ -34,9 +34,9 @@ def run(cfg: BoNConfig) -> dict:
             raise InputError("missing required field", field=name)
     if cfg.n < 1:
         raise InputError("n must be >= 1", field="n")
-    prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     if cfg.n_prompts < 0:
         raise InputError(f"expected n_prompts >= 0, got {cfg.n_prompts}", field="n_prompts")
+    prompts = [p.prompt for p in datalib.load(cfg.prompts, "prompt")]
     if cfg.n_prompts:
         prompts = prompts[: cfg.n_prompts]
     model, tok = load_causal_lm(cfg.model)

@@ -106,6 +106,8 @@ def _check(cfg: PPOConfig) -> None:
                          field="value_warmup_iterations")
     if cfg.temperature <= 0:
         raise InputError("PPO samples: temperature must be > 0", field="temperature")
+    if cfg.eval_samples < 1:
+        raise InputError(f"expected eval_samples >= 1, got {cfg.eval_samples}", field="eval_samples")
     if cfg.minibatch < D.world_size():
         raise InputError(f"minibatch ({cfg.minibatch}) must be at least the number of processes ({D.world_size()})",
                          field="minibatch")
@@ -501,7 +503,7 @@ def _evaluate(policy, tok, prompts, rendered, judge, cfg: PPOConfig) -> float:
     from instructkit.generation import generate_texts
 
     policy.eval()
-    k = max(1, cfg.eval_samples)  # each prompt k times: the mean over k samples, at 1/sqrt(k) the noise
+    k = cfg.eval_samples  # each prompt k times: the mean over k samples, at 1/sqrt(k) the noise
     responses = generate_texts(policy, tok, [r for r in rendered for _ in range(k)],
                                SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
                                seed=cfg.seed + 12345)
