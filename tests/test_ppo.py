@@ -248,6 +248,9 @@ def test_value_warmup_freezes_the_policy(tiny_chain, tmp_path):
     before = load_file(tiny_chain["sft"] / "model.safetensors")
     after = load_file(out / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    # no policy pass at all while it is frozen: only the critic's statistics are logged
+    assert len(rows) == 3 and all("vf_loss" in r and "pg_loss" not in r and "entropy" not in r for r in rows)
     v0 = load_file(tiny_chain["rm"] / "model.safetensors")
     v1 = load_file(out / "value_model" / "model.safetensors")
     assert any(not torch.equal(v0[k], v1[k]) for k in v0 if k in v1)

@@ -277,27 +277,29 @@ def run(cfg: PPOConfig) -> dict:
                 # over response tokens, so each share counts by its tokens (ptx: by its sequences)
                 mine = D.shard(mb)
                 share = float(mask[mine].sum() / mask[mb].sum().clamp_min(1))
-                ptx = None
-                if ptx_per_step:
-                    rows = torch.randint(len(ptx_blocks), (ptx_per_step,), generator=sample_gen)
-                    ptx_rows = D.shard(rows)
-                    ptx_share = len(ptx_rows) / len(rows)
-                    ptx = ptx_blocks[ptx_rows if len(ptx_rows) else rows[:1]]
-                logprobs, entropy, ptx_loss = policy_w(lambda m: (
-                    *bucketed(lambda *a: response_logprobs(m, *a, cfg.temperature), seq[mine], full_attn[mine], P,
-                              cfg.bucket_rows),
-                    m(input_ids=ptx, labels=ptx, use_cache=False).loss if ptx is not None else None))
-                pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mine], advantages[mine], mask[mine],
-                                                      cfg.clip_range)
-                loss = pg_loss * share
-                mb_stats = {"pg_loss": pg_loss, "entropy": L.masked_mean(entropy, mask[mine]), **pg_stats}
-                mb_stats = {k: float(v.detach()) * share for k, v in mb_stats.items()}
-                if ptx is not None:
-                    # PPO-ptx: gamma * E_pretrain[log pi(x)] joins the same optimiser step
-                    loss = loss + cfg.ptx_coef * ptx_loss * ptx_share
-                    mb_stats["ptx_loss"] = ptx_loss.item() * ptx_share
-                opt_pi.zero_grad(set_to_none=True)
-                if it >= cfg.value_warmup_iterations:  # value warm-up: the critic learns before the actor moves
+                mb_stats = {}
+                # value warm-up: the critic learns before the actor moves (no policy pass at all)
+                if it >= cfg.value_warmup_iterations:
+                    ptx = None
+                    if ptx_per_step:
+                        rows = torch.randint(len(ptx_blocks), (ptx_per_step,), generator=sample_gen)
+                        ptx_rows = D.shard(rows)
+                        ptx_share = len(ptx_rows) / len(rows)
+                        ptx = ptx_blocks[ptx_rows if len(ptx_rows) else rows[:1]]
+                    logprobs, entropy, ptx_loss = policy_w(lambda m: (
+                        *bucketed(lambda *a: response_logprobs(m, *a, cfg.temperature), seq[mine], full_attn[mine], P,
+                                  cfg.bucket_rows),
+                        m(input_ids=ptx, labels=ptx, use_cache=False).loss if ptx is not None else None))
+                    pg_loss, pg_stats = L.ppo_policy_loss(logprobs, old_logprobs[mine], advantages[mine], mask[mine],
+                                                          cfg.clip_range)
+                    loss = pg_loss * share
+                    mb_stats = {"pg_loss": pg_loss, "entropy": L.masked_mean(entropy, mask[mine]), **pg_stats}
+                    mb_stats = {k: float(v.detach()) * share for k, v in mb_stats.items()}
+                    if ptx is not None:
+                        # PPO-ptx: gamma * E_pretrain[log pi(x)] joins the same optimiser step
+                        loss = loss + cfg.ptx_coef * ptx_loss * ptx_share
+                        mb_stats["ptx_loss"] = ptx_loss.item() * ptx_share
+                    opt_pi.zero_grad(set_to_none=True)
                     D.backward(loss, 1.0)
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -315,7 +317,8 @@ def run(cfg: PPOConfig) -> dict:
                     mb_stats.update({k: float(v.detach()) * share for k, v in {"vf_loss": v_loss, **v_stats}.items()})
                 for k, v in D.all_reduce_sum(mb_stats).items():  # token-weighted shares: the minibatch's means
                     stats.setdefault(k, []).append(v)
-        sch_pi.step()
+        if it >= cfg.value_warmup_iterations:  # the policy's LR warm-up starts when it first moves
+            sch_pi.step()
         if critic:
             sch_v.step()
         if ema_state is not None:
