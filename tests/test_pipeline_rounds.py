@@ -16,7 +16,8 @@ from instructkit import pipeline
 from instructkit.cli import main
 from instructkit.errors import InputError
 from instructkit.evaluate import report
-from instructkit.pipeline import load_pipeline, run_pipeline, slice_lines
+from instructkit.pipeline import load_pipeline, run_pipeline
+from instructkit.rounds import slice_lines
 from instructkit.run import is_complete
 
 sys.path.insert(0, str(Path(__file__).parent))

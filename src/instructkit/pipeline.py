@@ -22,18 +22,8 @@ base stage of the same `name` in place (its other keys replace the base's, its `
 deep-merged: a mapping key by key, so one arg can change; a list or scalar replaced whole) or is
 new: appended, or placed with `after: NAME` / `before: NAME` (past a group it is not part of).
 
-Iterated RLHF (`rounds:`, a top-level block): round 1 is the ordinary stages; rounds 2..count are
-expanded here, before anything runs, into ordinary stages named `round_R/prompts` (the built-in
-`slice` command: `n_prompts` fresh lines of `prompts`, lines [(R-2)n, (R-1)n) modulo the file),
-`round_R/rankings` (the `label` command sampling the previous round's policy), `round_R/rm` (a copy
-of the `rm.from` stage trained on round 1's rankings plus every later round's), `round_R/policy`
-(a copy of the `policy.from` PPO stage continuing from the previous round's policy against this
-round's RM, with `reference` kept at round 1's `policy`, the SFT model) and, with `eval.from`,
-`round_R/eval` (roundR vs round(R-1), or vs sft with `eval: {from: eval, baseline: sft}`, sft also
-sampled). Their outputs live under ROOT/round_R/. They are inserted after the last stage they copy
-(past its `group`; or after the stage named by `after:`), so later stages can use `{round_2/policy}`;
-skipping, resuming and `--from round_2/rm` work as for any stage. configs/rounds.yaml (which
-extends configs/demo.yaml) is an example."""
+Iterated RLHF (`rounds:`, a top-level block) is expanded into ordinary stages before anything
+runs: see instructkit/rounds.py."""
 from __future__ import annotations
 
 import copy
@@ -50,8 +40,9 @@ from typing import Callable
 
 import yaml
 
-from instructkit.data.jsonl import atomic_open, check_readable_file, split_paths
 from instructkit.errors import InputError
+from instructkit.rounds import __doc__ as rounds_doc
+from instructkit.rounds import check_rounds, expand_rounds, slice_lines
 from instructkit.run import is_complete
 
 
@@ -213,7 +204,7 @@ def read_pipeline(path: str, overrides: dict | None = None) -> Pipeline:
                          path=str(p), field="parallel")
     names = {"out": str(raw["out"]), **{k: str(v) for k, v in (raw.get("vars") or {}).items()}}
     names = {k: _format(v, names, f"vars.{k}", str(p)) if k != "out" else v for k, v in names.items()}
-    rounds, insert_after = _check_rounds(raw.get("rounds"), raw["stages"], rounds_path)
+    rounds, insert_after = check_rounds(raw.get("rounds"), raw["stages"], rounds_path)
     stages, needs = [], {}
     for i, s in enumerate(raw["stages"]):
         src, where = origins[i][0], f"stages[{origins[i][1]}]"
@@ -275,141 +266,6 @@ def _deps(stage: Stage, earlier: list[Stage], needs, path: str | None) -> tuple[
 
 
 # ---------------------------------------------------------------------------- iterated rounds
-
-ROUNDS_KEYS = {"count", "prompts", "n_prompts", "label", "rm", "policy", "eval", "after"}
-ROUNDS_FROM = {"rm": "rm", "policy": "ppo", "eval": "eval"}  # block key -> the command the copied stage runs
-
-
-def _check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None, int]:
-    """Validate a `rounds:` block -> (block, index of the stage the rounds follow); (None, -1) without one."""
-    if block is None:
-        return None, -1
-
-    def bad(message: str, field: str = ""):
-        raise InputError(message, path=path, field="rounds" + (f".{field}" if field else ""))
-
-    if not isinstance(block, dict):
-        bad("expected a mapping (count, prompts, n_prompts, label, rm, policy, eval)")
-    for key in block:
-        if key not in ROUNDS_KEYS:
-            bad(f"unknown field (known: {', '.join(sorted(ROUNDS_KEYS))})", str(key))
-    index = {s["name"]: i for i, s in enumerate(raw_stages)}
-    count = block.get("count")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        bad(f"expected an integer >= 1 (round 1 is the ordinary stages), got {count!r}", "count")
-    if not isinstance(block.get("prompts"), str) or not block["prompts"]:
-        bad("expected the prompts file each round draws fresh prompts from", "prompts")
-    n = block.get("n_prompts")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        bad(f"expected an integer >= 1, got {n!r}", "n_prompts")
-    label = block.get("label")
-    if not isinstance(label, dict):
-        bad("expected a mapping {command, args}", "label")
-    for key in label:
-        if key not in ("command", "args"):
-            bad("unknown field (known: args, command)", f"label.{key}")
-    if not isinstance(label.get("command", "world label"), str) or not isinstance(label.get("args") or {}, dict):
-        bad("expected `command` (e.g. world label) and a mapping of `args`", "label")
-    for key in ("model", "prompts", "out"):
-        if key in (label.get("args") or {}):
-            bad("set by each round (the previous round's policy, the round's prompts and rankings file)",
-                f"label.args.{key}")
-    sources = []
-    for key, command in ROUNDS_FROM.items():
-        spec = block.get(key)
-        if spec is None and key == "eval":
-            continue
-        if not isinstance(spec, dict) or "from" not in spec:
-            bad(f"expected {{from: STAGE}}, the `{command}` stage each round repeats", key)
-        known = ("from", "baseline") if key == "eval" else ("from",)
-        for k in spec:
-            if k not in known:
-                bad(f"unknown field (known: {', '.join(known)})", f"{key}.{k}")
-        name = spec["from"]
-        if not isinstance(name, str) or name not in index:
-            bad(f"no stage {name!r} (stages: {', '.join(index)})", f"{key}.from")
-        if raw_stages[index[name]]["command"] != command:
-            bad(f"stage {name!r} runs `{raw_stages[index[name]]['command']}`, expected `{command}`", f"{key}.from")
-        if spec.get("baseline", "previous") not in ("previous", "sft"):
-            bad(f"expected previous or sft, got {spec['baseline']!r}", f"{key}.baseline")
-        sources.append(index[name])
-    last = max(sources)
-    if "after" in block:
-        if not isinstance(block["after"], str) or block["after"] not in index:
-            bad(f"no stage {block['after']!r} (stages: {', '.join(index)})", "after")
-        if index[block["after"]] < last:
-            bad(f"the rounds copy {raw_stages[last]['name']!r}, so they must come after it", "after")
-        last = index[block["after"]]
-    group = raw_stages[last].get("group")
-    while group and last + 1 < len(raw_stages) and raw_stages[last + 1].get("group") == group:
-        last += 1  # never split a group of side-by-side stages
-    return block, last
-
-
-def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_args: dict, path: str) -> list[Stage]:
-    """Rounds 2..count as ordinary stages (see the module docstring); adds their outputs to `names`."""
-    rm_src, pol_src = by_name[block["rm"]["from"]], by_name[block["policy"]["from"]]
-    ev_src = by_name[block["eval"]["from"]] if block.get("eval") else None
-    first_rankings = split_paths((rm_src.args.get("data") or {}).get("train") or "")
-    reference = pol_src.args.get("reference") or pol_src.args.get("policy")  # the SFT model: KL stays measured to it
-    if not first_rankings:
-        raise InputError(f"stage {rm_src.name!r} has no data.train to extend", path=path, field="rounds.rm.from")
-    if not reference:
-        raise InputError(f"stage {pol_src.name!r} has no `policy` to continue from", path=path,
-                         field="rounds.policy.from")
-    prompts = _format(block["prompts"], names, "rounds.prompts", path)
-    label_args = _format(block["label"].get("args") or {}, names, "rounds.label.args", path)
-    n, root = block["n_prompts"], names["out"]
-    stages: list[Stage] = []
-
-    def add(name: str, command: str, args: dict) -> str:
-        args = _deep_merge(args, _format(stage_args.get(name, {}), names, f"{name}.args", path))
-        names[name] = args["out"]
-        stages.append(Stage(name, command, args, args["out"]))
-        return args["out"]
-
-    rankings, previous = list(first_rankings), pol_src.out  # round 1's policy is the copied stage's output
-    for r in range(2, block["count"] + 1):
-        d = f"{root}/round_{r}"
-        slice_file = add(f"round_{r}/prompts", "slice",
-                         {"input": prompts, "start": (r - 2) * n, "n": n, "out": f"{d}/prompts.jsonl"})
-        rankings.append(add(f"round_{r}/rankings", block["label"].get("command", "world label"),
-                            {**copy.deepcopy(label_args), "model": previous, "prompts": slice_file,
-                             "out": f"{d}/rankings.jsonl"}))
-        rm_args = copy.deepcopy(rm_src.args)
-        rm_args["data"] = {**(rm_args.get("data") or {}), "train": list(rankings)}
-        rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
-        policy = add(f"round_{r}/policy", pol_src.command,
-                     {**copy.deepcopy(pol_src.args), "policy": previous, "reference": reference,
-                      "reward_model": rm, "out": f"{d}/policy"})
-        if ev_src:
-            baseline = "sft" if block["eval"].get("baseline") == "sft" else f"round{r - 1}"
-            add(f"round_{r}/eval", ev_src.command,
-                {**copy.deepcopy(ev_src.args), "models": [f"round{r}={policy}", f"round{r - 1}={previous}",
-                                                          f"sft={reference}"],
-                 "baseline": baseline, "out": f"{d}/eval"})
-        previous = policy
-    return stages
-
-
-def slice_lines(args: dict) -> None:
-    """Built-in command `slice`: lines [start, start + n) of a JSONL file, wrapping past its end,
-    written atomically to `out` (each round's fresh prompts)."""
-    known = {"input", "start", "n", "out"}
-    for key in args:
-        if key not in known:
-            raise InputError(f"unknown field (known: {', '.join(sorted(known))})", field=f"slice.{key}")
-    start, n = args.get("start", 0), args.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(start, bool) or not isinstance(start, int):
-        raise InputError(f"expected integers n >= 1 and start, got n={n!r}, start={start!r}", field="slice.n")
-    src = check_readable_file(args.get("input", ""), "JSONL file")
-    lines = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise InputError("file is empty: no records", path=str(src))
-    with atomic_open(args["out"]) as f:
-        for i in range(start, start + n):
-            f.write(lines[i % len(lines)] + "\n")
-
 
 BUILTINS = {"slice": slice_lines}  # pipeline-only commands, run in the pipeline's own process
 
@@ -630,7 +486,7 @@ def run_pipeline(path: str, from_stage: str | None = None, only: list[str] | Non
 def main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="instructkit pipeline", description=__doc__)
+    ap = argparse.ArgumentParser(prog="instructkit pipeline", description=__doc__ + "\n\n" + rounds_doc)
     ap.add_argument("config", help="pipeline YAML (e.g. configs/demo.yaml)")
     ap.add_argument("--from", dest="from_stage", help="rerun from this stage (its output and later ones are redone)")
     ap.add_argument("--only", help="comma-separated stage names to run")
