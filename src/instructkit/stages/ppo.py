@@ -269,6 +269,7 @@ def run(cfg: PPOConfig) -> dict:
         if critic:
             value_model.train()
         stats: dict[str, list[float]] = {}
+        frozen = it < cfg.value_warmup_iterations  # value warm-up: the critic learns before the actor moves
         for ppo_epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.rollout_batch, generator=sample_gen)
             for mb_start in range(0, cfg.rollout_batch, cfg.minibatch):
@@ -278,8 +279,7 @@ def run(cfg: PPOConfig) -> dict:
                 mine = D.shard(mb)
                 share = float(mask[mine].sum() / mask[mb].sum().clamp_min(1))
                 mb_stats = {}
-                # value warm-up: the critic learns before the actor moves (no policy pass at all)
-                if it >= cfg.value_warmup_iterations:
+                if not frozen:  # (while frozen: no policy pass at all)
                     ptx = None
                     if ptx_per_step:
                         rows = torch.randint(len(ptx_blocks), (ptx_per_step,), generator=sample_gen)
@@ -317,7 +317,7 @@ def run(cfg: PPOConfig) -> dict:
                     mb_stats.update({k: float(v.detach()) * share for k, v in {"vf_loss": v_loss, **v_stats}.items()})
                 for k, v in D.all_reduce_sum(mb_stats).items():  # token-weighted shares: the minibatch's means
                     stats.setdefault(k, []).append(v)
-        if it >= cfg.value_warmup_iterations:  # the policy's LR warm-up starts when it first moves
+        if not frozen:  # the policy's LR warm-up starts when it first moves
             sch_pi.step()
         if critic:
             sch_v.step()
