@@ -52,6 +52,14 @@ def test_pick_shots_is_seeded_and_never_the_prompt_itself():
     assert len(pick_shots(prompt, demos[:3], 8, 0)) == 3
 
 
+def test_pick_shots_prefers_one_line_completions():
+    demos = [(f"copy the words : w{i}\n", f"w{i}\nhope this helps" if i % 2 else f"w{i}") for i in range(10)]
+    shots = pick_shots("count the words : a b\n", demos, 4, 0)
+    assert len(shots) == 4 and all("\n" not in c for _, c in shots)
+    shots = pick_shots("count the words : a b\n", demos, 7, 0)  # five one-line ones, then two of the others
+    assert sum("\n" not in c for _, c in shots) == 5 and len(set(shots)) == 7
+
+
 def test_cut_answer_at_the_first_newline():
     assert cut_answer("sun hat\ncopy the words : a b\na b") == "sun hat"
     assert cut_answer("no newline at all") == "no newline at all"

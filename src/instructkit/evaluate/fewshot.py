@@ -20,10 +20,15 @@ def answer_key_pair(prompt: str, completion: str) -> str:
 def pick_shots(prompt: str, demos: list[tuple[str, str]], k: int, seed: int) -> list[tuple[str, str]]:
     """K (prompt, completion) demonstrations for `prompt`, never `prompt` itself, drawn without
     replacement from a stream seeded by (seed, prompt): the same prompt gets the same shots in
-    every run, whatever else is evaluated."""
+    every run, whatever else is evaluated. One-line completions come first: an answer key shows them
+    as written, while a later line (a sign-off, say) would be glued onto the answer; multi-line ones
+    fill in only when too few one-line ones exist."""
     pool = [d for d in demos if d[0].rstrip("\n") != prompt.rstrip("\n")]
+    one_line = [d for d in pool if "\n" not in d[1].strip("\n")]
+    more = [d for d in pool if "\n" in d[1].strip("\n")]
     rng = random.Random(f"instructkit-fewshot/{seed}/{prompt}")
-    return rng.sample(pool, min(k, len(pool)))
+    shots = rng.sample(one_line, min(k, len(one_line)))
+    return shots + rng.sample(more, min(k - len(shots), len(more)))
 
 
 def fewshot_prompt(prompt: str, shots: list[tuple[str, str]], n_tokens: Callable[[str], int] | None = None,

@@ -10,22 +10,27 @@ import random
 from instructkit.sandbox import kb as K
 from instructkit.sandbox import tasks as T
 
-DEMONSTRATORS = {  # name -> (share of demonstrations, error rate, chattiness)
-    "careful": (0.35, 0.02, 0.3),
-    "chatty": (0.25, 0.05, 0.9),
-    "terse": (0.25, 0.05, 0.0),
-    "sloppy": (0.15, 0.25, 0.4),
+DEMONSTRATORS = {  # name -> (share of demonstrations, error rate, chattiness, sign-off rate)
+    "careful": (0.35, 0.02, 0.3, 0.3),
+    "chatty": (0.25, 0.05, 0.9, 1.0),
+    "terse": (0.25, 0.05, 0.0, 0.2),
+    "sloppy": (0.15, 0.25, 0.4, 0.6),
 }
+# a pleasantry on a line of its own after the answer: half of the demonstrations carry one, so the
+# SFT model learns the habit; labelers mark such answers down (the gold halves helpfulness when
+# anything follows the answer), so the reward model can learn what imitation could not
+SIGN_OFFS = ("hope this helps", "let me know if you need more", "have a nice day", "happy to help")
 # families the demonstrators write for: the rest are left to the reward model (room above SFT)
 DEMO_FAMILIES = ("copy", "reverse", "sort", "count", "repeat", "fact", "extract", "write_words", "howto",
                  "harmful", "reply", "reply_respectful")
 
 
 def demonstrate(task: T.Task, kb: K.KB, rng: random.Random, demonstrator: str = "careful") -> str:
-    _, error_rate, chatty = DEMONSTRATORS[demonstrator]
-    if rng.random() < error_rate:
-        return T.wrong_answer(task, kb, rng)
-    return good_response(task, kb, rng, chatty)
+    _, error_rate, chatty, sign_off = DEMONSTRATORS[demonstrator]
+    text = T.wrong_answer(task, kb, rng) if rng.random() < error_rate else good_response(task, kb, rng, chatty)
+    if rng.random() < sign_off:
+        text += "\n" + rng.choice(SIGN_OFFS)
+    return text
 
 
 def good_response(task: T.Task, kb: K.KB, rng: random.Random, chatty: float = 0.3) -> str:
