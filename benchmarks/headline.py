@@ -10,7 +10,7 @@ eval only if it was made from the same policy, base and settings, and resumes a 
 from its last checkpoint):
   world   `instructkit world build --size headline`: the policy's world (same seed: the same
           knowledge base, demonstrations and prompts) with an 8M-token corpus
-  base    `instructkit pretrain`: GPT-2, d_model 192, 9 layers, 6 heads (4.13M parameters, 8.1x the
+  base    `instructkit pretrain`: GPT-2, d_model 192, 9 layers, 6 heads, 1,024-token vocabulary (~4.2M parameters, ~8x the
           demo's 0.51M) on that corpus; the default budget is ~35 minutes on one core: 1,500 steps of
           16 x 128 tokens (3.1M tokens; a 30-step run of the 8-layer model measured 1.8k tokens/s,
           so ~1.65k for 9 layers, plus ~90 s to train the tokenizer and encode the 13.5M-token corpus)
@@ -81,6 +81,7 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length = the model's positions")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vocab-size", type=int, default=1024, help="the base model's tokenizer (the demo's is 1,024)")
     ap.add_argument("--steps", type=int, default=1500, help="pretraining optimiser steps")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--shots", type=int, default=4, help="few-shot demonstrations per prompt (fewer if they do not fit)")
@@ -118,7 +119,7 @@ def main() -> int:
     # base: the ~8x larger model, pretrained on the 8M-token corpus
     t0 = time.time()
     assert ik(["pretrain", f"data.train={world}/corpus/train.jsonl", f"data.val={world}/corpus/heldout.jsonl",
-               "tokenizer.vocab_size=512", "init.family=gpt2", f"init.d_model={a.d_model}", f"init.n_layers={a.layers}",
+               f"tokenizer.vocab_size={a.vocab_size}", "init.family=gpt2", f"init.d_model={a.d_model}", f"init.n_layers={a.layers}",
                f"init.n_heads={a.heads}", f"init.max_len={a.seq_len}", f"seq_len={a.seq_len}", f"batch_size={a.batch}",
                f"max_steps={a.steps}", f"optim.lr={a.lr}", "optim.warmup_steps=100", "optim.min_lr_ratio=0.1",
                "save_every=100", "log_every=50", f"threads={a.threads}", f"seed={seed}", f"out={base}"]) == 0
