@@ -20,6 +20,7 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers import DynamicCache
 from transformers.utils import logging as hf_logging
 
 from instructkit.generation import (
@@ -32,6 +33,7 @@ from instructkit.generation import (
     position_ids_from_mask,
     sample_from_logits,
 )
+from instructkit.models import cache_arg, output_cache
 
 torch.set_num_threads(1)
 hf_logging.set_verbosity_error()
@@ -366,3 +368,27 @@ def test_generate_texts_decodes_the_tokens_before_eos():
     sampled = SamplingParams(max_new_tokens=N)
     assert generate_texts(model, tok, texts, sampled, seed=3) == generate_texts(model, tok, texts, sampled, seed=3)
     assert all(f"w{eos}" not in text.split() for text in generate_texts(model, tok, texts, sampled, seed=4))
+
+
+# ----------------------------------------------------------------------------- the cache keyword
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_arg_is_the_keyword_the_model_reads(family):
+    """transformers 5.x renamed forward's `past_key_values` to `cache` (the old name warns): the
+    keyword we pass must be one the forward declares, the model must fill the cache we hand it, and
+    decoding one more token from that cache must give the full pass's logits."""
+    import inspect
+
+    model = tiny_model(family)
+    (name,) = cache_arg(model, None)
+    assert name in inspect.signature(type(model).forward).parameters
+    ids = torch.tensor([[5, 17, 42, 9]])
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :3], use_cache=True, **cache_arg(model, cache))
+        assert cache.get_seq_length() == 3 and output_cache(out) is cache
+        step = model(input_ids=ids[:, 3:], position_ids=torch.tensor([[3]]), use_cache=True,
+                     **cache_arg(model, cache)).logits[:, -1]
+        full = model(input_ids=ids).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-4)

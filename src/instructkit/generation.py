@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from instructkit.models import cache_arg
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -378,7 +380,7 @@ def _decode(model, input_ids, attention_mask, params, eos_token_id, generator, f
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_arg(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -423,7 +425,7 @@ def _decode(model, input_ids, attention_mask, params, eos_token_id, generator, f
                 input_ids=token.view(k, 1),
                 attention_mask=mask[:k, : P + t + 1],
                 position_ids=positions[:k, t : t + 1],
-                past_key_values=cache,
+                **cache_arg(model, cache),
                 use_cache=True,
             ).logits[:, -1, :]
     store.release()

@@ -15,6 +15,7 @@ import torch
 
 from instructkit import losses as L
 from instructkit.data.encode import length_buckets, right_pad
+from instructkit.models import cache_arg, output_cache
 
 # completions per padded pass (sorted by length): sandbox K-way batches pad to their longest
 # completion, several times the typical one
@@ -44,10 +45,10 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
     for rows in groups:
         own = [owner[i] for i in rows]
         if len(groups) == 1:  # the prompts' own cache, repeated in place: (G, ...) -> (N, ...) per layer
-            cache = out.past_key_values
+            cache = output_cache(out)
             cache.reorder_cache(torch.tensor(own, dtype=torch.long, device=dev))
         else:
-            cache = _select_cache(out.past_key_values, model.config, own, dev)
+            cache = _select_cache(output_cache(out), model.config, own, dev)
         s, c = _completion_pass(model, out.last_hidden_state, prompt_mask, plen, cache,
                                 [completions[i] for i in rows], own, pad_id, dev)
         idx = torch.tensor(rows, dtype=torch.long, device=dev)
@@ -77,7 +78,7 @@ def _completion_pass(model, prompt_hidden, prompt_mask, plen, cache, completions
     if limit:  # a short row's padding can run past the position table when another row is long; it is masked
         positions = positions.clamp(max=limit - 1)
     hidden = base(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[own], comp_mask], 1),
-                  position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state  # (n, C, D)
+                  position_ids=positions, **cache_arg(base, cache), use_cache=True).last_hidden_state  # (n, C, D)
     first = prompt_hidden[own, plen[own] - 1]  # (n, D): the last prompt token predicts completion token 0
     predict = torch.cat([first.unsqueeze(1), hidden[:, :-1]], 1)  # (n, C, D): predict[:, j] -> comp_ids[:, j]
     real = comp_mask.bool()

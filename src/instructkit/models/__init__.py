@@ -129,6 +129,33 @@ def use_fast_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
+_TAKES_CACHE: dict[type, bool] = {}
+
+
+def _takes_cache(model: nn.Module) -> bool:
+    import inspect
+
+    kind = type(model)
+    if kind not in _TAKES_CACHE:  # once per class: the generation loop asks every step
+        try:
+            _TAKES_CACHE[kind] = "cache" in inspect.signature(kind.forward).parameters
+        except (TypeError, ValueError):
+            _TAKES_CACHE[kind] = False
+    return _TAKES_CACHE[kind]
+
+
+def cache_arg(model: nn.Module, cache) -> dict:
+    """The key/value cache as `model.forward`'s keyword: `cache` where transformers renamed it
+    (5.x; the old `past_key_values` still works there but warns and is due to go), else
+    `past_key_values`. Call as `model(..., **cache_arg(model, cache))`."""
+    return {"cache" if _takes_cache(model) else "past_key_values": cache}
+
+
+def output_cache(out):
+    """The key/value cache a forward pass returned, under either name."""
+    return out["cache"] if "cache" in out.keys() else out.past_key_values
+
+
 def max_positions(model) -> int | None:
     """The longest sequence the model accepts (GPT-2's learned position table fails with an
     IndexError past it); None when the config does not say."""

@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from instructkit.generation import position_ids_from_mask, sample_from_logits
+from instructkit.models import cache_arg
 
 
 def filter_logits_per_row(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
@@ -73,7 +74,7 @@ class BatchDecoder:
         position_ids = position_ids_from_mask(attention_mask)  # (B, P)
         with torch.inference_mode():
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                        **cache_arg(model, self.cache), use_cache=True, logits_to_keep=1)
         self.logits = out.logits[:, -1, :]  # (B, V)
 
         # per-row state: index-selected together whenever finished rows leave the batch
@@ -120,7 +121,7 @@ class BatchDecoder:
                     setattr(self, name, getattr(self, name)[keep])
             # the previous step's tokens through the model: logits for this step
             self.logits = self.model(input_ids=self.last.view(-1, 1), attention_mask=self.mask[:, : self.P + t],
-                                     position_ids=self.positions[:, t - 1 : t], past_key_values=self.cache,
+                                     position_ids=self.positions[:, t - 1 : t], **cache_arg(self.model, self.cache),
                                      use_cache=True).logits[:, -1, :]
         logits = self.logits.float() / self.temperature  # (k, V)
         if bool(((self.top_p < 1.0) | (self.top_k > 0)).any()):
