@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    DynamicCache,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -20,7 +21,6 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-from transformers import DynamicCache
 from transformers.utils import logging as hf_logging
 
 from instructkit.generation import (

@@ -376,11 +376,12 @@ def _decode(model, input_ids, attention_mask, params, eos_token_id, generator, f
     else:
         rows = torch.arange(B, device=device)
         cache, store = _make_cache(model, P + N)
+        cache_kw = cache_arg(model, cache)  # the cache object stays the same; rows are compacted in place
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **cache_arg(model, cache),
+            **cache_kw,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -425,7 +426,7 @@ def _decode(model, input_ids, attention_mask, params, eos_token_id, generator, f
                 input_ids=token.view(k, 1),
                 attention_mask=mask[:k, : P + t + 1],
                 position_ids=positions[:k, t : t + 1],
-                **cache_arg(model, cache),
+                **cache_kw,
                 use_cache=True,
             ).logits[:, -1, :]
     store.release()

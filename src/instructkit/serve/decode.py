@@ -71,10 +71,11 @@ class BatchDecoder:
 
         # prefill: the prompts through the model, filling the cache
         self.cache = DynamicCache(config=model.config)
+        self._cache_kw = cache_arg(model, self.cache)  # rows leave it in place: the same object throughout
         position_ids = position_ids_from_mask(attention_mask)  # (B, P)
         with torch.inference_mode():
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        **cache_arg(model, self.cache), use_cache=True, logits_to_keep=1)
+                        **self._cache_kw, use_cache=True, logits_to_keep=1)
         self.logits = out.logits[:, -1, :]  # (B, V)
 
         # per-row state: index-selected together whenever finished rows leave the batch
@@ -121,7 +122,7 @@ class BatchDecoder:
                     setattr(self, name, getattr(self, name)[keep])
             # the previous step's tokens through the model: logits for this step
             self.logits = self.model(input_ids=self.last.view(-1, 1), attention_mask=self.mask[:, : self.P + t],
-                                     position_ids=self.positions[:, t - 1 : t], **cache_arg(self.model, self.cache),
+                                     position_ids=self.positions[:, t - 1 : t], **self._cache_kw,
                                      use_cache=True).logits[:, -1, :]
         logits = self.logits.float() / self.temperature  # (k, V)
         if bool(((self.top_p < 1.0) | (self.top_k > 0)).any()):
