@@ -6,6 +6,8 @@ four families (GPT-2, GPT-NeoX, Llama, Qwen2). Tokenizers are `tokenizers` byte-
 tell "stopped" from "padding", which breaks reward placement and EOS penalties in PPO."""
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 from typing import Iterable
@@ -129,26 +131,17 @@ def use_fast_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
-_TAKES_CACHE: dict[type, bool] = {}
-
-
-def _takes_cache(model: nn.Module) -> bool:
-    import inspect
-
-    kind = type(model)
-    if kind not in _TAKES_CACHE:  # once per class: the generation loop asks every step
-        try:
-            _TAKES_CACHE[kind] = "cache" in inspect.signature(kind.forward).parameters
-        except (TypeError, ValueError):
-            _TAKES_CACHE[kind] = False
-    return _TAKES_CACHE[kind]
+@functools.cache
+def _takes_cache(kind: type) -> bool:
+    """Whether the model class's forward declares `cache` (asked once per class)."""
+    return "cache" in inspect.signature(kind.forward).parameters
 
 
 def cache_arg(model: nn.Module, cache) -> dict:
     """The key/value cache as `model.forward`'s keyword: `cache` where transformers renamed it
     (5.x; the old `past_key_values` still works there but warns and is due to go), else
     `past_key_values`. Call as `model(..., **cache_arg(model, cache))`."""
-    return {"cache" if _takes_cache(model) else "past_key_values": cache}
+    return {"cache" if _takes_cache(type(model)) else "past_key_values": cache}
 
 
 def output_cache(out):
