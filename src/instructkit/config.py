@@ -42,6 +42,8 @@ class TokenizerConfig:
     """Load a tokenizer, or train a byte-level BPE one with `tokenizers` on the training text."""
     path: str = F("", "tokenizer directory to load; empty = train one on the pretraining text")
     vocab_size: int = F(1024, "vocabulary size when training a tokenizer")
+    line_start_space: bool = F(True, "when training: a word that starts a line gets the same token as inside a "
+                                     "line (false = plain GPT-2 byte-level BPE)")
 
 
 @dataclass

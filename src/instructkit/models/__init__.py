@@ -26,14 +26,28 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
-    """Byte-level BPE trained on `texts`; decode(encode(x)) == x for any string."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, line_start_space: bool = True):
+    """Byte-level BPE trained on `texts`; decode(encode(x)) == x for any string.
+
+    line_start_space: a word at the start of a text or of a line gets the token it has inside a line
+    (" box"), not a second spelling ("box", often cut in pieces). The normaliser writes a space at the
+    start of the text and after every newline that is not the last character; the decoder removes
+    exactly those. A response tokenized on its own then starts with the same tokens the prompt used, so
+    "copy the words : box moon" -> "box moon" is a copy of tokens, learnable by a tiny model (plain
+    GPT-2 byte-level BPE, line_start_space=False, makes the first word a different token)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    if line_start_space:
+        # Prepend leaves the empty string empty; the ByteLevel decoder joins every token into one string
+        # before the next two run, so they act on the whole text, not on each token
+        tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\n(?=[\s\S])"), "\n "),
+                                               normalizers.Prepend(" ")])
+        tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("\n ", "\n"),
+                                         decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)

@@ -61,7 +61,8 @@ def run(cfg: PretrainConfig) -> dict:
         if tok is None:  # train once; a resumed run reloads the very same tokenizer from `out`
             # (trained by rank 0 and handed to the others under torchrun)
             tok = load_tokenizer(cfg.out) if state else D.broadcast_object(
-                train_tokenizer(train_docs, cfg.tokenizer.vocab_size) if D.is_main() else None)
+                train_tokenizer(train_docs, cfg.tokenizer.vocab_size, cfg.tokenizer.line_start_space)
+                if D.is_main() else None)
         model = new_model(cfg.init, tok, seed=cfg.seed)
     if D.is_main():
         tok.save_pretrained(cfg.out)
