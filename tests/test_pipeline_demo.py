@@ -17,7 +17,7 @@ from browser import chromium_browser, screenshot  # noqa: E402,F401
 
 TINY = {
     "world": {"size": "tiny"},
-    "pretrain": {"init": {"d_model": 32, "n_layers": 2, "n_heads": 2}, "tokenizer": {"vocab_size": 400},
+    "pretrain": {"init": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}, "tokenizer": {"vocab_size": 400},
                  "seq_len": 64, "max_steps": 40, "batch_size": 8, "threads": 1, "save_every": 20},
     "sft": {"epochs": 2, "batch_size": 16, "threads": 1, "select": {"n_prompts": 8}},
     "world_report": {"n": 20, "rank_prompts": 10},
