@@ -44,21 +44,45 @@ PROMPTS = [[5, 17, 42], [9, 8, 7, 6, 5, 4, 3, 2, 1], [100], [33, 44, 55, 66, 77]
 COMMON = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=PAD, initializer_range=0.2)
 SIZE = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, max_position_embeddings=128, **COMMON)
 GQA = dict(num_attention_heads=4, num_key_value_heads=2)  # grouped-query attention: 2 key/value heads
+
+
+def with_random_biases(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every bias and norm weight random: they start at 0 and 1, where a decoder that
+    dropped them, or applied them in the wrong place, would go unnoticed."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
 FAMILIES = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=128, **COMMON)),
     "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(num_attention_heads=2, **SIZE)),
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**GQA, **SIZE)),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**GQA, **SIZE)),
 }
-# (family, fast_path): the GPT-2 hand-written decoder and the model.forward path for every family
-PATHS = [("gpt2", True), ("gpt2", False), ("gpt_neox", False), ("llama", False), ("qwen2", False)]
+# variants the fast decoders replay: Qwen2's q/k/v biases with grouped-query attention; a Llama
+# like the demo's (as many key/value heads as heads, tied embeddings) with biases everywhere
+VARIANTS = {
+    "qwen2_bias": lambda: with_random_biases(Qwen2ForCausalLM(Qwen2Config(**GQA, **SIZE))),
+    "llama_bias": lambda: with_random_biases(LlamaForCausalLM(LlamaConfig(
+        num_attention_heads=4, num_key_value_heads=4, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        **SIZE))),
+}
+FAST = ["gpt2", "llama", "qwen2", "qwen2_bias", "llama_bias"]  # the families with a hand-written decoder
+# (family, fast_path): the hand-written decoders and the model.forward path for every family
+PATHS = [(f, True) for f in FAST] + [("gpt2", False), ("gpt_neox", False), ("llama", False), ("qwen2", False)]
 _models: dict[str, torch.nn.Module] = {}
 
 
 def tiny_model(family: str) -> torch.nn.Module:
     if family not in _models:
         torch.manual_seed(0)
-        _models[family] = FAMILIES[family]().eval()
+        _models[family] = {**FAMILIES, **VARIANTS}[family]().eval()
     return _models[family]
 
 
@@ -192,23 +216,56 @@ def test_greedy_matches_transformers_generate(family, fast_path):
     assert min(lengths) < N - 2
 
 
+@pytest.mark.parametrize("family", FAST)
 @pytest.mark.parametrize("bmm_min_rows", [1, 10**9])
-def test_gpt2_fast_path_with_many_prompt_lengths(bmm_min_rows, monkeypatch):
+def test_fast_path_with_many_prompt_lengths(family, bmm_min_rows, monkeypatch):
     """40 prompts of 1-25 tokens: the fast prefill runs in several length groups; decoding
-    attention by batched matmuls and by sdpa."""
-    from instructkit.generation import _GPT2Decoder
+    attention by batched matmuls and by sdpa. Greedy tokens are transformers' own; greedy and
+    seeded samples, and their log-probs, are model.forward's, while rows finish at different steps."""
+    from instructkit.generation import _FastDecoder, _fast_decoder
 
-    monkeypatch.setattr(_GPT2Decoder, "BMM_MIN_ROWS", bmm_min_rows)
-    model = tiny_model("gpt2")
+    monkeypatch.setattr(_FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
+    model = tiny_model(family)
+    assert _fast_decoder(model, 64) is not None
     g = torch.Generator().manual_seed(3)
     lengths = torch.randint(1, 26, (40,), generator=g).tolist()
     batch = left_pad([torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths], PAD)
     eos = eos_hit_early(model, *batch)
     ref = hf_greedy(model, *batch, eos).tolist()
-    for fast_path in (True, False):
-        gen = run(model, GREEDY, eos, prompt=batch, fast_path=fast_path)
-        for row_ours, row_theirs in zip(gen.response_ids.tolist(), ref):
-            assert upto_first_eos(row_ours, eos) == upto_first_eos(row_theirs, eos)
+    for params in (GREEDY, SamplingParams(max_new_tokens=N, temperature=0.8)):
+        fast, slow = (run(model, params, eos, prompt=batch, seed=5, return_logprobs=True, fast_path=fast_path)
+                      for fast_path in (True, False))
+        assert torch.equal(fast.response_ids, slow.response_ids)
+        assert (fast.logprobs - slow.logprobs).abs().max() < 1e-5
+        ended = fast.ended_with_eos.tolist()
+        assert any(ended) and not all(ended)
+        if params is GREEDY:
+            for row_ours, row_theirs in zip(fast.response_ids.tolist(), ref):
+                assert upto_first_eos(row_ours, eos) == upto_first_eos(row_theirs, eos)
+
+
+def test_fast_decoders_build_only_for_what_they_replay():
+    """Anything the hand-written decoders do not replay exactly takes the model.forward path."""
+    from instructkit.generation import _fast_decoder, _GPT2Decoder, _LlamaDecoder
+
+    def build(cls, config, capacity=64):
+        torch.manual_seed(0)
+        return _fast_decoder(cls(config).eval(), capacity)
+
+    assert isinstance(_fast_decoder(tiny_model("gpt2"), 64), _GPT2Decoder)
+    for family in ("llama", "qwen2", "qwen2_bias", "llama_bias"):
+        assert isinstance(_fast_decoder(tiny_model(family), 64), _LlamaDecoder)
+    assert _fast_decoder(tiny_model("gpt_neox"), 64) is None
+    scaled = dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    assert build(LlamaForCausalLM, LlamaConfig(**scaled, **GQA, **SIZE)) is None
+    assert build(LlamaForCausalLM, LlamaConfig(hidden_act="gelu", **GQA, **SIZE)) is None
+    assert build(MistralForCausalLM, MistralConfig(**GQA, **SIZE)) is None  # Llama-like, another class
+    # Qwen2 with sliding-window layers: replayed only while the whole generation fits in the window
+    window = dict(use_sliding_window=True, sliding_window=32, max_window_layers=0, **GQA, **SIZE)
+    assert build(Qwen2ForCausalLM, Qwen2Config(**window), capacity=32) is not None
+    assert build(Qwen2ForCausalLM, Qwen2Config(**window), capacity=33) is None
+    half = LlamaForCausalLM(LlamaConfig(**GQA, **SIZE)).to(torch.bfloat16)
+    assert _fast_decoder(half, 64) is None
 
 
 def test_sliding_window_layers_keep_their_own_cache():
@@ -226,13 +283,15 @@ def test_sliding_window_layers_keep_their_own_cache():
 # ----------------------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("family,fast_path,bmm_min_rows", [(*path, 10**9) for path in PATHS] + [("gpt2", True, 1)])
+@pytest.mark.parametrize(
+    "family,fast_path,bmm_min_rows", [(*path, 10**9) for path in PATHS] + [(f, True, 1) for f in FAST]
+)
 def test_logprobs_match_a_full_forward_pass(family, fast_path, bmm_min_rows, monkeypatch):
     """PPO's temperature consistency: the rollout's log-probs are what the policy's forward pass
     gives the same tokens at the same temperature."""
-    from instructkit.generation import _GPT2Decoder
+    from instructkit.generation import _FastDecoder
 
-    monkeypatch.setattr(_GPT2Decoder, "BMM_MIN_ROWS", bmm_min_rows)
+    monkeypatch.setattr(_FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
     model = tiny_model(family)
     input_ids, attention_mask = prompts()
     eos = eos_hit_early(model, input_ids, attention_mask)
