@@ -49,6 +49,7 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/generation.py --family llama
 	$(BIN)/python benchmarks/sft.py
 	$(BIN)/python benchmarks/rm.py
 	$(BIN)/python benchmarks/direct.py

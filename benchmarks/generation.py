@@ -1,8 +1,8 @@
 """Sampling speed: instructkit.generation.generate vs transformers' model.generate.
 
-    .venv/bin/python benchmarks/generation.py
+    .venv/bin/python benchmarks/generation.py [--family gpt2|llama]
 
-A ~0.5M-parameter GPT-2 (the sandbox policy's size) is first trained for a few hundred steps on
+A ~0.5M-parameter GPT-2 (the sandbox policy's size; --family llama: the demo's Llama, d_ff 256) is first trained for a few hundred steps on
 synthetic "prompt SEP answer EOS" sequences with 3-12 answer tokens, so that, like an SFT model,
 its samples at temperature 1 stop at varied lengths well before the 32-token budget. Then both
 samplers draw 32 new tokens for the same 64 left-padded prompts at temperature 1:
@@ -12,12 +12,14 @@ samplers draw 32 new tokens for the same 64 left-padded prompts at temperature 1
 
 Each is timed after a warm-up as the median of several runs, on one thread, with the samplers
 taking turns so that all see the same load. Our sampler is also timed with fast_path=False (the
-model.forward path every non-GPT-2 model takes), to show what the GPT-2 decoder adds. Speed-ups
+model.forward path every model without a hand-written decoder takes), to show what the GPT-2 or
+Llama decoder adds. Speed-ups
 are in wall time (CPU time in brackets: less sensitive to other processes on a shared machine).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -28,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from instructkit.generation import SamplingParams, generate, left_pad  # noqa: E402
@@ -52,7 +54,7 @@ def sample_example(g: torch.Generator) -> tuple[list[int], list[int]]:
     return prompt + [SEP], answer + [EOS]
 
 
-def train(model: GPT2LMHeadModel) -> None:
+def train(model) -> None:
     """A short SFT-like run: next-token loss on the answer and its EOS only. A fixed number of
     steps (not a time budget), so every run benchmarks the same model."""
     g = torch.Generator().manual_seed(1)
@@ -106,7 +108,7 @@ def time_all(samplers: dict, eos_token_id: int, runs: int = RUNS) -> tuple[dict,
 
 
 def scenario(name: str, model, input_ids, attention_mask, eos_token_id: int) -> float:
-    """Times both samplers (and ours without the GPT-2 fast path); returns the wall-time speed-up."""
+    """Times both samplers (and ours without its fast path); returns the wall-time speed-up."""
     P = input_ids.shape[1]
     params = SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0)
     generator = torch.Generator().manual_seed(0)
@@ -151,14 +153,22 @@ def scenario(name: str, model, input_ids, attention_mask, eos_token_id: int) -> 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=("gpt2", "llama"), default="gpt2")
+    family = ap.parse_args().family
     torch.set_num_threads(THREADS)
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     ids = dict(bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
-    config = GPT2Config(n_embd=96, n_layer=4, n_head=4, vocab_size=VOCAB, n_positions=128, **ids)
-    model = GPT2LMHeadModel(config)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=96, n_layer=4, n_head=4, vocab_size=VOCAB, n_positions=128, **ids))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+                                             intermediate_size=256, vocab_size=VOCAB, max_position_embeddings=128,
+                                             tie_word_embeddings=True, **ids))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"GPT-2, {n_params:.2f}M parameters, vocabulary {VOCAB}, torch threads {torch.get_num_threads()}")
+    name = {"gpt2": "GPT-2", "llama": "Llama"}[family]
+    print(f"{name}, {n_params:.2f}M parameters, vocabulary {VOCAB}, torch threads {torch.get_num_threads()}")
     print("load average (1, 5, 15 min): %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count()))
     train(model)
 
