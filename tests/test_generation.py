@@ -222,11 +222,11 @@ def test_fast_path_with_many_prompt_lengths(family, bmm_min_rows, monkeypatch):
     """40 prompts of 1-25 tokens: the fast prefill runs in several length groups; decoding
     attention by batched matmuls and by sdpa. Greedy tokens are transformers' own; greedy and
     seeded samples, and their log-probs, are model.forward's, while rows finish at different steps."""
-    from instructkit.generation import _FastDecoder, _fast_decoder
+    from instructkit.decoders import FastDecoder, fast_decoder
 
-    monkeypatch.setattr(_FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
+    monkeypatch.setattr(FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
     model = tiny_model(family)
-    assert _fast_decoder(model, 64) is not None
+    assert fast_decoder(model, 64) is not None
     g = torch.Generator().manual_seed(3)
     lengths = torch.randint(1, 26, (40,), generator=g).tolist()
     batch = left_pad([torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths], PAD)
@@ -246,16 +246,16 @@ def test_fast_path_with_many_prompt_lengths(family, bmm_min_rows, monkeypatch):
 
 def test_fast_decoders_build_only_for_what_they_replay():
     """Anything the hand-written decoders do not replay exactly takes the model.forward path."""
-    from instructkit.generation import _fast_decoder, _GPT2Decoder, _LlamaDecoder
+    from instructkit.decoders import GPT2Decoder, LlamaDecoder, fast_decoder
 
     def build(cls, config, capacity=64):
         torch.manual_seed(0)
-        return _fast_decoder(cls(config).eval(), capacity)
+        return fast_decoder(cls(config).eval(), capacity)
 
-    assert isinstance(_fast_decoder(tiny_model("gpt2"), 64), _GPT2Decoder)
+    assert isinstance(fast_decoder(tiny_model("gpt2"), 64), GPT2Decoder)
     for family in ("llama", "qwen2", "qwen2_bias", "llama_bias"):
-        assert isinstance(_fast_decoder(tiny_model(family), 64), _LlamaDecoder)
-    assert _fast_decoder(tiny_model("gpt_neox"), 64) is None
+        assert isinstance(fast_decoder(tiny_model(family), 64), LlamaDecoder)
+    assert fast_decoder(tiny_model("gpt_neox"), 64) is None
     scaled = dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
     assert build(LlamaForCausalLM, LlamaConfig(**scaled, **GQA, **SIZE)) is None
     assert build(LlamaForCausalLM, LlamaConfig(hidden_act="gelu", **GQA, **SIZE)) is None
@@ -265,7 +265,7 @@ def test_fast_decoders_build_only_for_what_they_replay():
     assert build(Qwen2ForCausalLM, Qwen2Config(**window), capacity=32) is not None
     assert build(Qwen2ForCausalLM, Qwen2Config(**window), capacity=33) is None
     half = LlamaForCausalLM(LlamaConfig(**GQA, **SIZE)).to(torch.bfloat16)
-    assert _fast_decoder(half, 64) is None
+    assert fast_decoder(half, 64) is None
 
 
 def test_sliding_window_layers_keep_their_own_cache():
@@ -289,9 +289,9 @@ def test_sliding_window_layers_keep_their_own_cache():
 def test_logprobs_match_a_full_forward_pass(family, fast_path, bmm_min_rows, monkeypatch):
     """PPO's temperature consistency: the rollout's log-probs are what the policy's forward pass
     gives the same tokens at the same temperature."""
-    from instructkit.generation import _FastDecoder
+    from instructkit.decoders import FastDecoder
 
-    monkeypatch.setattr(_FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
+    monkeypatch.setattr(FastDecoder, "BMM_MIN_ROWS", bmm_min_rows)
     model = tiny_model(family)
     input_ids, attention_mask = prompts()
     eos = eos_hit_early(model, input_ids, attention_mask)
