@@ -10,10 +10,11 @@ eval only if it was made from the same policy, base and settings, and resumes a 
 from its last checkpoint):
   world   `instructkit world build --size headline`: the policy's world (same seed: the same
           knowledge base, demonstrations and prompts) with an 8M-token corpus
-  base    `instructkit pretrain`: GPT-2, d_model 192, 9 layers, 6 heads, 1,024-token vocabulary (~4.2M parameters, ~8x the
-          demo's 0.51M) on that corpus; the default budget is ~35 minutes on one core: 1,500 steps of
-          16 x 128 tokens (3.1M tokens; a 30-step run of the 8-layer model measured 1.8k tokens/s,
-          so ~1.65k for 9 layers, plus ~90 s to train the tokenizer and encode the 13.5M-token corpus)
+  base    `instructkit pretrain`: the demo's family (Llama: RMSNorm, rotary positions, gated MLP),
+          d_model 192, 9 layers, 6 heads, MLP 512, 1,024-token vocabulary (~4.2M parameters, ~7.7x
+          the demo's 0.54M) on that corpus; the default budget is 1,500 steps of 16 x 128 tokens
+          (3.1M tokens; ~35 minutes on one core, plus ~90 s to train the tokenizer and encode the
+          13.5M-token corpus). `--family gpt2` builds the GPT-2 of the same width and depth.
   eval    `instructkit eval` with the policy as the baseline, the base few-shot (fewshot.NAME=K)
           and bare, held-out panel judge
 Prints the policy's win rate against each with 95% intervals, writes OUT/headline.json, and copies
@@ -76,7 +77,10 @@ def main() -> int:
     ap.add_argument("--run", default=None, help="pipeline run that gets headline.json and a fresh report "
                                                 "(default: the policy's parent directory; '' = none)")
     ap.add_argument("--seed", type=int, default=None, help="world seed (default: the policy world's)")
+    ap.add_argument("--family", default="llama", choices=["llama", "gpt2", "qwen2", "gpt_neox"],
+                    help="the base model's family (the demo's policy is a Llama)")
     ap.add_argument("--d-model", type=int, default=192)
+    ap.add_argument("--d-ff", type=int, default=512, help="MLP width (GPT-2: 0 = 4 x d_model)")
     ap.add_argument("--layers", type=int, default=9)
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length = the model's positions")
@@ -119,8 +123,8 @@ def main() -> int:
     # base: the ~8x larger model, pretrained on the 8M-token corpus
     t0 = time.time()
     assert ik(["pretrain", f"data.train={world}/corpus/train.jsonl", f"data.val={world}/corpus/heldout.jsonl",
-               f"tokenizer.vocab_size={a.vocab_size}", "init.family=gpt2", f"init.d_model={a.d_model}", f"init.n_layers={a.layers}",
-               f"init.n_heads={a.heads}", f"init.max_len={a.seq_len}", f"seq_len={a.seq_len}", f"batch_size={a.batch}",
+               f"tokenizer.vocab_size={a.vocab_size}", f"init.family={a.family}", f"init.d_model={a.d_model}",
+               f"init.n_layers={a.layers}", f"init.n_heads={a.heads}", *([f"init.d_ff={a.d_ff}"] if a.d_ff else []), f"init.max_len={a.seq_len}", f"seq_len={a.seq_len}", f"batch_size={a.batch}",
                f"max_steps={a.steps}", f"optim.lr={a.lr}", "optim.warmup_steps=100", "optim.min_lr_ratio=0.1",
                "save_every=100", "log_every=50", f"threads={a.threads}", f"seed={seed}", f"out={base}"]) == 0
     print(f"headline: base model ready in {time.time() - t0:.0f}s (this invocation)")
@@ -140,7 +144,7 @@ def main() -> int:
     p_params, b_params = n_params(policy), n_params(base)
     head = {
         "policy": {"name": policy.name, "path": str(policy), "params": p_params},
-        "base": {"path": str(base), "params": b_params, "d_model": a.d_model, "n_layers": a.layers,
+        "base": {"path": str(base), "params": b_params, "family": a.family, "d_model": a.d_model, "d_ff": a.d_ff, "n_layers": a.layers,
                  "n_heads": a.heads, "pretrain_seconds": pre.get("seconds"),
                  "pretrain_tokens": a.steps * a.batch * a.seq_len, **pre.get("metrics", {})},
         "ratio": b_params / p_params,

@@ -107,6 +107,20 @@ def test_rounds_expand_into_ordinary_stages(tmp_path):
     assert [s.name for s in stages] == ["rm", "ppo", "eval"]
 
 
+def test_rounds_may_measure_kl_to_the_previous_round(tmp_path):
+    root = tmp_path / "run"
+    _, stages = load_pipeline(write(tmp_path / "p.yaml", spec(root, rounds={"policy": {"from": "ppo",
+                                                                                        "reference": "previous"}})))
+    by = {s.name: s for s in stages}
+    # each round's KL penalty is to the policy it starts from; the eval's scale model is still SFT
+    assert by["round_2/policy"].args["reference"] == by["round_2/policy"].args["policy"] == f"{root}/ppo"
+    assert by["round_3/policy"].args["reference"] == f"{root}/round_2/policy"
+    assert by["round_3/eval"].args["models"][-1] == "sft=S"
+    _, stages = load_pipeline(write(tmp_path / "s.yaml", spec(root, rounds={"policy": {"from": "ppo",
+                                                                                        "reference": "sft"}})))
+    assert {s.name: s for s in stages}["round_3/policy"].args["reference"] == "S"
+
+
 def test_rounds_follow_their_group_and_the_configs():
     # configs/rounds.yaml: the demo's stages, round 2 after `eval`, then eval_rounds and the report
     _, stages = load_pipeline(str(ROOT / "configs" / "rounds.yaml"), {"out": "/r"})
@@ -147,6 +161,8 @@ def test_rounds_after_a_group_and_after(tmp_path):
     ({"policy": "ppo"}, "rounds.policy", "expected {from: STAGE}"),
     ({"eval": {"from": "eval", "baseline": "base"}}, "rounds.eval.baseline", "expected previous or sft"),
     ({"rm": {"from": "rm", "args": {}}}, "rounds.rm.args", "unknown field (known: from)"),
+    ({"rm": {"from": "rm", "reference": "sft"}}, "rounds.rm.reference", "unknown field (known: from)"),
+    ({"policy": {"from": "ppo", "reference": "base"}}, "rounds.policy.reference", "expected sft or previous"),
     ({"rounds": 2}, "rounds.rounds", "unknown field"),
     ({"label": {"command": "world label", "args": {"model": "{sft}"}}}, "rounds.label.args.model", "set by each round"),
     ({"after": "rm"}, "rounds.after", "must come after it"),

@@ -46,7 +46,7 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cmd = [PYTHON, str(ROOT / "benchmarks" / "headline.py"), "--size", "tiny", "--policy", str(tiny_chain["sft"]),
-           "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--layers", "2", "--heads", "2",
+           "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--d-ff", "64", "--layers", "2", "--heads", "2",
            "--seq-len", "128", "--batch", "8", "--steps", "12", "--shots", "2", "--n-prompts", "10"]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

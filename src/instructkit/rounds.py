@@ -4,8 +4,9 @@ ordinary stages named `round_R/prompts` (the built-in `slice` command: `n_prompt
 `prompts`, lines [(R-2)n, (R-1)n) modulo the file), `round_R/rankings` (the `label` command sampling
 the previous round's policy), `round_R/rm` (a copy of the `rm.from` stage trained on round 1's
 rankings plus every later round's), `round_R/policy` (a copy of the `policy.from` PPO stage
-continuing from the previous round's policy against this round's RM, with `reference` kept at round
-1's `policy`, the SFT model) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft
+continuing from the previous round's policy against this round's RM; the KL penalty stays measured to
+round 1's `policy`, the SFT model, or with `policy: {from: ..., reference: previous}` to the previous
+round's policy, so that each round may move a KL budget further) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft
 with `eval: {from: eval, baseline: sft}`, sft also sampled). Their outputs live under ROOT/round_R/.
 They are inserted after the last stage they copy (past its `group`; or after the stage named by
 `after:`), so later stages can use `{round_2/policy}`; skipping, resuming and `--from round_2/rm`
@@ -63,7 +64,7 @@ def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None,
             continue
         if not isinstance(spec, dict) or "from" not in spec:
             bad(f"expected {{from: STAGE}}, the `{command}` stage each round repeats", key)
-        known = ("from", "baseline") if key == "eval" else ("from",)
+        known = {"eval": ("from", "baseline"), "policy": ("from", "reference")}.get(key, ("from",))
         for k in spec:
             if k not in known:
                 bad(f"unknown field (known: {', '.join(known)})", f"{key}.{k}")
@@ -74,6 +75,8 @@ def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None,
             bad(f"stage {name!r} runs `{raw_stages[index[name]]['command']}`, expected `{command}`", f"{key}.from")
         if spec.get("baseline", "previous") not in ("previous", "sft"):
             bad(f"expected previous or sft, got {spec['baseline']!r}", f"{key}.baseline")
+        if spec.get("reference", "sft") not in ("previous", "sft"):
+            bad(f"expected sft or previous (the KL penalty's reference), got {spec['reference']!r}", f"{key}.reference")
         sources.append(index[name])
     last = max(sources)
     if "after" in block:
@@ -95,7 +98,8 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
     rm_src, pol_src = by_name[block["rm"]["from"]], by_name[block["policy"]["from"]]
     ev_src = by_name[block["eval"]["from"]] if block.get("eval") else None
     first_rankings = split_paths((rm_src.args.get("data") or {}).get("train") or "")
-    reference = pol_src.args.get("reference") or pol_src.args.get("policy")  # the SFT model: KL stays measured to it
+    reference = pol_src.args.get("reference") or pol_src.args.get("policy")  # the SFT model
+    kl_to_previous = block["policy"].get("reference", "sft") == "previous"
     if not first_rankings:
         raise InputError(f"stage {rm_src.name!r} has no data.train to extend", path=path, field="rounds.rm.from")
     if not reference:
@@ -124,7 +128,8 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
         rm_args["data"] = {**(rm_args.get("data") or {}), "train": list(rankings)}
         rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
         policy = add(f"round_{r}/policy", pol_src.command,
-                     {**copy.deepcopy(pol_src.args), "policy": previous, "reference": reference,
+                     {**copy.deepcopy(pol_src.args), "policy": previous,
+                      "reference": previous if kl_to_previous else reference,
                       "reward_model": rm, "out": f"{d}/policy"})
         if ev_src:
             baseline = "sft" if block["eval"].get("baseline") == "sft" else f"round{r - 1}"
