@@ -166,8 +166,9 @@ def test_a_missing_or_bad_base_is_exit_2(tmp_path, capsys):
     assert (e.value.path, e.value.field) == (cfg, "extends")
 
 
-# configs/rounds.yaml before `extends`: configs/demo.yaml's stages copied verbatim, with out runs/rounds,
-# this rounds block and eval_rounds before report (and its own header comment).
+# configs/rounds.yaml before `extends`: configs/demo.yaml's stages copied verbatim but for round 1's
+# labeling budget (rankings limit 1000), with out runs/rounds, this rounds block and eval_rounds before
+# report (and its own header comment).
 ROUNDS_BLOCK = {"count": 2, "prompts": "{world}/prompts/ppo.jsonl", "n_prompts": 1000,
                 "label": {"command": "world label",
                           "args": {"world": "{world}", "k": "4..9", "pool": "train", "temperatures": "1.0,1.5"}},
@@ -180,6 +181,7 @@ EVAL_ROUNDS = {"name": "eval_rounds", "command": "eval",
 def test_rounds_config_expands_to_the_stages_of_its_former_copy(tmp_path):
     flat = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     flat["out"], flat["rounds"] = "runs/rounds", ROUNDS_BLOCK
+    next(s for s in flat["stages"] if s["name"] == "rankings")["args"]["limit"] = 1000
     flat["stages"].insert([s["name"] for s in flat["stages"]].index("report"), EVAL_ROUNDS)
     before = write(tmp_path / "rounds_flat.yaml", flat)
     for overrides in (None, {"out": "/r"}):

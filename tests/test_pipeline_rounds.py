@@ -133,8 +133,11 @@ def test_rounds_follow_their_group_and_the_configs():
     assert by["round_2/rm"].args["data"]["train"] == ["/r/rankings.jsonl", "/r/round_2/rankings.jsonl"]
     assert by["eval_rounds"].args["models"] == ["round1=/r/ppo_ptx", "round2=/r/round_2/policy", "sft=/r/sft"]
     assert by["eval_rounds"].args["baseline"] == "round1"
+    # round 1 labels 1,000 prompts of SFT samples, round 2 1,000 of round 1's policy; the demo all 3,000
+    assert by["rankings"].args["limit"] == 1000 and by["round_2/rankings"].args["model"] == "/r/ppo_ptx"
     # demo.yaml keeps its stages
     _, demo = load_pipeline(str(ROOT / "configs" / "demo.yaml"))
+    assert "limit" not in {s.name: s for s in demo}["rankings"].args
     assert [s.name for s in demo] == ["world", "pretrain", "sft", "rankings", "rm", "dpo", "ppo", "ppo_ptx",
                                       "bon", "world_report", "eval", "report"]
 
@@ -273,6 +276,12 @@ def test_two_rounds_end_to_end_killed_and_resumed(tiny_chain, tmp_path, monkeypa
     rounds = report.build_summary(report.ReportConfig(run=str(root)))["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert "bon_gain" in rounds[1]["gates"] and set(rounds[1]["eval"]["win_rate"]) == {"round2", "sft"}
+    # round 1's policy is the one round 2 continued from; round 2 against it is round_2/eval's win rate
+    ppo_kl = json.loads((root / "ppo" / "instructkit.json").read_text())["metrics"]["kl"]
+    assert rounds[0]["policy"]["kl"] == ppo_kl and rounds[1]["policy"]["kl"] == pytest.approx(
+        json.loads((d / "policy" / "instructkit.json").read_text())["metrics"]["kl"])
+    assert rounds[1]["vs_previous"] == {"win_rate": ev["models"]["round2"]["win_rate"], "eval": "round_2/eval"}
+    assert rounds[1]["samples"] and all({"prompt", "round1", "round2"} <= set(s) for s in rounds[1]["samples"])
 
 
 def test_report_shows_a_rounds_section(tmp_path, capsys):
@@ -289,20 +298,51 @@ def test_report_shows_a_rounds_section(tmp_path, capsys):
         w = {"rate": 0.6, "low": 0.5, "high": 0.7, "n": 30}
         (d / "eval.json").write_text(json.dumps({"baseline": f"round{r - 1}", "models": {
             f"round{r}": {"win_rate": w}, f"round{r - 1}": {}, "sft": {"win_rate": {**w, "rate": 0.4}}}}))
+    def policy(d: Path, kl: float, previous: Path | None = None):
+        d.mkdir(parents=True)
+        inputs = {"policy": {"path": str(previous)}} if previous else {}
+        (d / "instructkit.json").write_text(json.dumps({"stage": "ppo", "complete": True, "inputs": inputs, "metrics": {
+            "kl": kl, "kl_coef": 0.2, "eval_score": 2.5 + kl / 10}}))
+
     rm(root / "rm", 0.05, 0.61)
+    policy(root / "ppo_ptx", 1.0)
     for r in (2, 3):
         rm(root / f"round_{r}" / "rm", 0.01 * r, 0.6 + 0.01 * r)
         ev(root / f"round_{r}" / "eval", r)
+        policy(root / f"round_{r}" / "policy", float(r), root / ("ppo_ptx" if r == 2 else f"round_{r - 1}/policy"))
+    # round 2's eval was against SFT; a separate eval (as configs/rounds.yaml's eval_rounds) has round 2 vs round 1
+    (root / "round_2" / "eval" / "eval.json").write_text(json.dumps({"baseline": "sft", "models": {
+        "round2": {"win_rate": {"rate": 0.65, "low": 0.6, "high": 0.7, "n": 600}}, "sft": {}}}))
+    (root / "eval_rounds").mkdir()
+    (root / "eval_rounds" / "eval.json").write_text(json.dumps({"baseline": "round1", "models": {
+        "round1": {}, "round2": {"win_rate": {"rate": 0.55, "low": 0.51, "high": 0.59, "n": 600}}}}))
+    (root / "round_2" / "eval" / "samples.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"p{i} <x>", "task": t, "round2": f"new {i}", "round1": f"old {i}", "sft": "s"}) + "\n"
+        for i, t in enumerate(["copy", "copy", "fact"])))
     (root / "round_notes").mkdir()  # not a round
     summary = report.run(report.ReportConfig(run=str(root)))
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert summary["rounds"][2]["gates"]["bon_gain"] == pytest.approx(0.03) and "eval" not in summary["rounds"][0]
+    assert [r["policy"]["kl"] for r in summary["rounds"]] == [1.0, 2.0, 3.0]
+    assert summary["rounds"][1]["vs_previous"] == {"win_rate": {"rate": 0.55, "low": 0.51, "high": 0.59, "n": 600},
+                                                   "eval": "eval_rounds"}
+    assert summary["rounds"][2]["vs_previous"]["eval"] == "round_3/eval" and "vs_previous" not in summary["rounds"][0]
+    # one sample per task, round 1 and round 2 side by side; round 3's eval has no samples file
+    assert summary["rounds"][1]["samples"] == [{"prompt": "p0 <x>", "task": "copy", "round1": "old 0", "round2": "new 0"},
+                                               {"prompt": "p2 <x>", "task": "fact", "round1": "old 2", "round2": "new 2"}]
+    assert "samples" not in summary["rounds"][2]
     html = (root / "report.html").read_text()
     table = html[html.index("<table id='rounds'>"):]
     table = table[:table.index("</table>")]
     assert table.count("<tr>") == 4  # header + 3 rounds
     assert "+0.0300 (K 4..9, gold utility)" in table and "63.0% (gold 73.0%)" in table
     assert "round3 vs round2: 60.0% [50.0%, 70.0%]" in table and "sft vs round2: 40.0%" in table
-    assert "round 3: RM best-of-K gain +0.0300" in capsys.readouterr().out
+    assert "KL 1.00 (coef 0.2), held-out gold 2.600" in table and "KL 3.00 (coef 0.2), held-out gold 2.800" in table
+    assert "55.0% [51.0%, 59.0%] (eval_rounds)" in table and "60.0% [50.0%, 70.0%] (round_3/eval)" in table
+    samples = html[html.index("<h3>Round 2 vs round 1: samples</h3>"):]
+    samples = samples[:samples.index("</table>")]
+    assert samples.count("<tr>") == 3 and "p0 &lt;x&gt;" in samples and "<pre>old 2</pre></td><td><pre>new 2</pre>" in samples
+    out = capsys.readouterr().out
+    assert "round 3: RM best-of-K gain +0.0300" in out and "vs the previous round 55.0% [51.0%, 59.0%]" in out
     # no round directories: no section
     assert "rounds" not in report.build_summary(report.ReportConfig(run=str(root / "rm")))

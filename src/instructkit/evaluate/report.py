@@ -145,9 +145,29 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _rounds(root: Path) -> list[dict]:
-    """Iterated RLHF (a pipeline's `rounds:`): per round, its RM's gates and held-out accuracies
-    and its eval's win rates. Round 1 is ROOT/rm; round R is ROOT/round_R/{rm,eval}."""
+def _policy_metrics(root: Path, path: str) -> dict:
+    """A PPO stage's metrics by the path another stage recorded (relative to where it ran, or by name under ROOT)."""
+    for d in (Path(path), root / Path(path).name):
+        meta = _read_json(d / "instructkit.json")
+        if meta:
+            return meta.get("metrics", {})
+    return {}
+
+
+def _head_to_head(root: Path, r: int) -> tuple[dict, Path | None]:
+    """The eval of round r against round r-1 as its baseline (round_r/eval or another, e.g. eval_rounds)."""
+    for ev_file in sorted([*root.glob(f"round_{r}/eval/eval.json"), *root.glob("*/eval.json")]):
+        ev = _read_json(ev_file)
+        if ev.get("baseline") == f"round{r - 1}" and (ev.get("models", {}).get(f"round{r}") or {}).get("win_rate"):
+            return ev, ev_file.parent
+    return {}, None
+
+
+def _rounds(root: Path, n_samples: int = 6) -> list[dict]:
+    """Iterated RLHF (a pipeline's `rounds:`): per round, its RM's gates and held-out accuracies, its
+    policy's KL and held-out gold, its eval's win rates, its win rate against the previous round and
+    decoded samples of both. Round 1 is ROOT/rm and the policy round 2 continued from; round R is
+    ROOT/round_R/{rm,policy,eval}."""
     later = sorted((int(d.name[6:]), d) for d in root.glob("round_*") if d.is_dir() and d.name[6:].isdigit())
     if not later:
         return []
@@ -156,24 +176,50 @@ def _rounds(root: Path) -> list[dict]:
         meta = _read_json(d / "rm" / "instructkit.json")
         row = {"round": r, "gates": meta.get("gates", {}),
                **{k: meta.get("metrics", {}).get(k) for k in ("val_accuracy", "val_gold_accuracy")}}
+        if r == 1:
+            first = _read_json(later[0][1] / "policy" / "instructkit.json")
+            path = (first.get("inputs", {}).get("policy") or {}).get("path")
+            policy = _policy_metrics(root, path) if path else {}
+        else:
+            policy = _read_json(d / "policy" / "instructkit.json").get("metrics", {})
+        if policy:
+            row["policy"] = {k: policy.get(k) for k in ("kl", "kl_coef", "eval_score", "reward_gold", "selected_iteration")}
         ev = _read_json(d / "eval" / "eval.json") if r > 1 else {}
         if ev:
             row["eval"] = {"baseline": ev.get("baseline"),
                            "win_rate": {m: v["win_rate"] for m, v in ev.get("models", {}).items() if v.get("win_rate")}}
+        if r > 1:
+            h2h, where = _head_to_head(root, r)
+            if h2h:
+                row["vs_previous"] = {"win_rate": h2h["models"][f"round{r}"]["win_rate"], "eval": where.name
+                                      if where.parent == root else str(where.relative_to(root))}
+            seen, picked = set(), []
+            for s in _read_jsonl(d / "eval" / "samples.jsonl") or (_read_jsonl(where / "samples.jsonl") if where else []):
+                if f"round{r}" in s and f"round{r - 1}" in s and s.get("task") not in seen:
+                    seen.add(s.get("task"))
+                    picked.append({k: s[k] for k in ("prompt", "task", f"round{r - 1}", f"round{r}") if k in s})
+            if picked:
+                row["samples"] = picked[:n_samples]
         out.append(row)
     return out
 
 
-def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(round, RM best-of-K gain, RM held-out accuracy (vs gold), eval win rates) per round."""
+def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str, str, str]]:
+    """(round, RM best-of-K gain, RM held-out accuracy (vs gold), policy KL and held-out gold,
+    eval win rates, win rate against the previous round) per round."""
     rows = []
     for r in rounds:
         g = r["gates"]
         gain = f"{g['bon_gain']:+.4f} (K {g.get('bon_n', '?')}, {g.get('judge', '?')})" if "bon_gain" in g else "n/a"
         acc = f"{_pct(r.get('val_accuracy'))} (gold {_pct(r.get('val_gold_accuracy'))})"
+        p = r.get("policy") or {}
+        kl = "n/a" if p.get("kl") is None else f"KL {p['kl']:.2f} (coef {p.get('kl_coef')})" + (
+            f", held-out gold {p['eval_score']:.3f}" if p.get("eval_score") is not None else "")
         ev = r.get("eval")
         wins = "; ".join(f"{m} vs {ev['baseline']}: {_interval(w)}" for m, w in ev["win_rate"].items()) if ev else "n/a"
-        rows.append((str(r["round"]), gain, acc, wins))
+        prev = r.get("vs_previous")
+        vs = f"{_interval(prev['win_rate'])} ({prev['eval']})" if prev else "n/a"
+        rows.append((str(r["round"]), gain, acc, kl, wins, vs))
     return rows
 
 
@@ -275,9 +321,18 @@ def render(summary: dict, figs, samples: list[dict], rows) -> str:
     parts.append("</table>")
     if summary.get("rounds"):
         parts.append("<h2>Rounds</h2><table id='rounds'><tr><th>round</th><th>RM best-of-K gain (gate)</th>"
-                     "<th>RM held-out accuracy</th><th>eval win rates</th></tr>")
+                     "<th>RM held-out accuracy</th><th>policy KL to its reference</th><th>eval win rates</th>"
+                     "<th>vs the previous round</th></tr>")
         parts += [f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rounds_table(summary["rounds"])]
         parts.append("</table>")
+        for r in summary["rounds"]:
+            if r.get("samples"):
+                a, b = f"round{r['round'] - 1}", f"round{r['round']}"
+                parts.append(f"<h3>Round {r['round']} vs round {r['round'] - 1}: samples</h3><table class='round-samples'>"
+                             f"<tr><th>prompt</th><th>{a}</th><th>{b}</th></tr>")
+                parts += [f"<tr><td><pre>{esc(s['prompt'])}</pre></td><td><pre>{esc(s.get(a, ''))}</pre></td>"
+                          f"<td><pre>{esc(s.get(b, ''))}</pre></td></tr>" for s in r["samples"]]
+                parts.append("</table>")
     for title, png in figs:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{png}'>")
     if samples:
@@ -315,6 +370,7 @@ def run(cfg: ReportConfig) -> dict:
     for a, b, c in rows:
         print(f"  {a[:width]:<{width}} | paper: {b}")
         print(f"  {'':<{width}} | run:   {c}")
-    for r, gain, acc, wins in rounds_table(summary.get("rounds", [])):
-        print(f"  round {r}: RM best-of-K gain {gain}, held-out accuracy {acc}; {wins}")
+    for r, gain, acc, kl, wins, vs in rounds_table(summary.get("rounds", [])):
+        print(f"  round {r}: RM best-of-K gain {gain}, held-out accuracy {acc}; policy {kl}; {wins}; "
+              f"vs the previous round {vs}")
     return summary
