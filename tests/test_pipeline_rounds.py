@@ -85,6 +85,8 @@ def test_rounds_expand_into_ordinary_stages(tmp_path):
         rm = by[f"round_{r}/rm"].args
         assert rm["data"]["train"] == ["R.jsonl"] + [f"{root}/round_{q}/rankings.jsonl" for q in range(2, r + 1)]
         assert (rm["model"], rm["batch_size"], rm["out"]) == ("S", 16, f"{d}/rm")
+        # compared with the previous round's RM on the newest samples
+        assert rm["eval"] == {"previous": f"{root}/rm" if r == 2 else f"{root}/round_2/rm"}
         # the policy continues from the last round's against this round's RM; KL stays measured to SFT
         pol = by[f"round_{r}/policy"].args
         assert (pol["policy"], pol["reference"], pol["reward_model"], pol["out"]) == (previous, "S", f"{d}/rm",
@@ -255,6 +257,7 @@ def test_two_rounds_end_to_end_killed_and_resumed(tiny_chain, tmp_path, monkeypa
     rm_meta = json.loads((d / "rm" / "instructkit.json").read_text())
     files = [str(tiny_chain["rankings"]), str(d / "rankings.jsonl")]
     assert rm_meta["config"]["data"]["train"] == files and rm_meta["inputs"]["data.train"]["path"] == files
+    assert rm_meta["gates"]["latest"]["previous"] == str(root / "rm") and rm_meta["gates"]["latest"]["data"] == files[1]
     pol = json.loads((d / "policy" / "instructkit.json").read_text())["config"]
     assert (pol["policy"], pol["reference"], pol["reward_model"]) == (str(root / "ppo"), str(tiny_chain["sft"]),
                                                                       str(d / "rm"))
@@ -287,11 +290,11 @@ def test_two_rounds_end_to_end_killed_and_resumed(tiny_chain, tmp_path, monkeypa
 def test_report_shows_a_rounds_section(tmp_path, capsys):
     root = tmp_path / "run"
 
-    def rm(d: Path, gain: float, acc: float):
+    def rm(d: Path, gain: float, acc: float, latest: dict | None = None):
         d.mkdir(parents=True)
         (d / "instructkit.json").write_text(json.dumps({
             "stage": "rm", "complete": True, "metrics": {"val_accuracy": acc, "val_gold_accuracy": acc + 0.1},
-            "gates": {"bon_gain": gain, "bon_n": "4..9", "judge": "gold utility"}}))
+            "gates": {"bon_gain": gain, "bon_n": "4..9", "judge": "gold utility", **({"latest": latest} if latest else {})}}))
 
     def ev(d: Path, r: int):
         d.mkdir(parents=True)
@@ -307,7 +310,9 @@ def test_report_shows_a_rounds_section(tmp_path, capsys):
     rm(root / "rm", 0.05, 0.61)
     policy(root / "ppo_ptx", 1.0)
     for r in (2, 3):
-        rm(root / f"round_{r}" / "rm", 0.01 * r, 0.6 + 0.01 * r)
+        rm(root / f"round_{r}" / "rm", 0.01 * r, 0.6 + 0.01 * r, None if r == 3 else {
+            "n_pairs": 4455, "accuracy": 0.575, "previous_accuracy": 0.512, "gold_accuracy": 0.616,
+            "previous_gold_accuracy": 0.578, "bon_gain": 0.0719, "previous_bon_gain": -0.0272})
         ev(root / f"round_{r}" / "eval", r)
         policy(root / f"round_{r}" / "policy", float(r), root / ("ppo_ptx" if r == 2 else f"round_{r - 1}/policy"))
     # round 2's eval was against SFT; a separate eval (as configs/rounds.yaml's eval_rounds) has round 2 vs round 1
@@ -338,11 +343,12 @@ def test_report_shows_a_rounds_section(tmp_path, capsys):
     assert "+0.0300 (K 4..9, gold utility)" in table and "63.0% (gold 73.0%)" in table
     assert "round3 vs round2: 60.0% [50.0%, 70.0%]" in table and "sft vs round2: 40.0%" in table
     assert "KL 1.00 (coef 0.2), held-out gold 2.600" in table and "KL 3.00 (coef 0.2), held-out gold 2.800" in table
+    assert "51.2% -&gt; 57.5% (gold 57.8% -&gt; 61.6%), best-of-K gain -0.0272 -&gt; +0.0719; 4455 pairs" in table
     assert "55.0% [51.0%, 59.0%] (eval_rounds)" in table and "60.0% [50.0%, 70.0%] (round_3/eval)" in table
     samples = html[html.index("<h3>Round 2 vs round 1: samples</h3>"):]
     samples = samples[:samples.index("</table>")]
     assert samples.count("<tr>") == 3 and "p0 &lt;x&gt;" in samples and "<pre>old 2</pre></td><td><pre>new 2</pre>" in samples
     out = capsys.readouterr().out
-    assert "round 3: RM best-of-K gain +0.0300" in out and "vs the previous round 55.0% [51.0%, 59.0%]" in out
+    assert "round 3: RM best-of-K gain +0.0300" in out and "on the previous policy's samples 51.2% -> 57.5%" in out and "vs the previous round 55.0% [51.0%, 59.0%]" in out
     # no round directories: no section
     assert "rounds" not in report.build_summary(report.ReportConfig(run=str(root / "rm")))

@@ -377,3 +377,43 @@ def test_several_rankings_files_are_concatenated(world, tmp_path, capsys):
     b.write_text("".join(lines[51:]))
     with pytest.raises(InputError, match="different config or data"):
         RunDir(cfg.out, "rm", cfg, {"data.train": cfg.data.train}).start()
+
+
+def test_a_previous_rm_is_compared_on_the_newest_files_held_out_prompts(world, tmp_path, capsys):
+    """eval.previous (iterated rounds): after training, this RM and the earlier one are scored on the
+    held-out prompts of the last data.train file only, the same records for both: the figures equal
+    rm-eval's on exactly those records."""
+    from instructkit.stages.rm import split_by_prompt
+    from instructkit.stages.rm_eval import evaluate, load_rankings, rankable, score_with
+
+    lines = Path(world["train"]).read_text().splitlines(keepends=True)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(lines[:60]))
+    b.write_text("".join(lines[60:]))
+    first, second = tmp_path / "rm1", tmp_path / "rm2"
+    assert main(rm_args(world, first, f"data.train={a}")) == 0
+    assert main(rm_args(world, second, f"data.train={a},{b}", f"eval.previous={first}", "seed=3",
+                        "data.val_fraction=0.2")) == 0
+    out = capsys.readouterr().out
+    latest = json.loads((second / "instructkit.json").read_text())["gates"]["latest"]
+
+    # the records: held out by the same split the RM made, and from b.jsonl
+    every, _, _ = rankable(load_rankings([str(a), str(b)]))
+    _, val = split_by_prompt(every, 0.2, 3)
+    n_b = len(rankable(load_rankings(str(b)))[0])
+    from_b = {id(r) for r in every[len(every) - n_b:]}  # records, not prompt texts: a prompt may be in both files
+    held = [r for r in val if id(r) in from_b]
+    assert held and len(held) < len(val)  # some held-out prompts come from a.jsonl and are left out
+    new, old = evaluate(held, score_with(str(second), held)), evaluate(held, score_with(str(first), held))
+    assert (latest["data"], latest["previous"]) == (str(b), str(first))
+    assert (latest["n_prompts"], latest["n_pairs"]) == (new["n_prompts"], new["n_pairs"]) == (len(held), old["n_pairs"])
+    assert latest["accuracy"] == pytest.approx(new["accuracy"], abs=1e-9)
+    assert latest["previous_accuracy"] == pytest.approx(old["accuracy"], abs=1e-9)
+    assert latest["bon_gain"] == pytest.approx(new["best_of_k"]["bon_gain"], abs=1e-6)
+    assert latest["previous_bon_gain"] == pytest.approx(old["best_of_k"]["bon_gain"], abs=1e-6)
+    assert f"rm: on {len(held)} held-out prompts of {b}" in out
+
+    # not a reward model: exit 2, nothing written
+    assert main(rm_args(world, tmp_path / "rm3", f"eval.previous={tmp_path / 'nowhere'}")) == 2
+    err = capsys.readouterr().err
+    assert "field 'eval.previous'" in err and "no reward model here" in err and not (tmp_path / "rm3").exists()

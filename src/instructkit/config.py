@@ -478,6 +478,8 @@ class RMEval:
                       "records' `gold_ranks` if any")
     bins: int = F(5, "calibration buckets of predicted probability over [0.5, 1]")
     batch_size: int = F(64, "sequences per scoring forward pass")
+    previous: str = F("", "an earlier reward model (the previous round's): it and this one are compared on the "
+                          "held-out prompts of the last data.train file, the newest policy's samples (gates.latest)")
 
 
 @dataclass

@@ -3,7 +3,8 @@ rounds 2..count are expanded by `expand_rounds` when the file loads, before anyt
 ordinary stages named `round_R/prompts` (the built-in `slice` command: `n_prompts` fresh lines of
 `prompts`, lines [(R-2)n, (R-1)n) modulo the file), `round_R/rankings` (the `label` command sampling
 the previous round's policy), `round_R/rm` (a copy of the `rm.from` stage trained on round 1's
-rankings plus every later round's), `round_R/policy` (a copy of the `policy.from` PPO stage
+rankings plus every later round's, compared with the previous round's RM on the held-out prompts of
+the newest rankings: `eval.previous`, gates.latest in its instructkit.json), `round_R/policy` (a copy of the `policy.from` PPO stage
 continuing from the previous round's policy against this round's RM; the KL penalty stays measured to
 round 1's `policy`, the SFT model, or with `policy: {from: ..., reference: previous}` to the previous
 round's policy, so that each round may move a KL budget further) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft
@@ -117,6 +118,7 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
         return args["out"]
 
     rankings, previous = list(first_rankings), pol_src.out  # round 1's policy is the copied stage's output
+    previous_rm = rm_src.out
     for r in range(2, block["count"] + 1):
         d = f"{root}/round_{r}"
         slice_file = add(f"round_{r}/prompts", "slice",
@@ -126,7 +128,8 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
                              "out": f"{d}/rankings.jsonl"}))
         rm_args = copy.deepcopy(rm_src.args)
         rm_args["data"] = {**(rm_args.get("data") or {}), "train": list(rankings)}
-        rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
+        rm_args["eval"] = {**(rm_args.get("eval") or {}), "previous": previous_rm}  # both on the new samples
+        rm = previous_rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
         policy = add(f"round_{r}/policy", pol_src.command,
                      {**copy.deepcopy(pol_src.args), "policy": previous,
                       "reference": previous if kl_to_previous else reference,

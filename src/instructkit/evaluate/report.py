@@ -204,9 +204,10 @@ def _rounds(root: Path, n_samples: int = 6) -> list[dict]:
     return out
 
 
-def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str, str, str]]:
-    """(round, RM best-of-K gain, RM held-out accuracy (vs gold), policy KL and held-out gold,
-    eval win rates, win rate against the previous round) per round."""
+def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str, str, str, str]]:
+    """(round, RM best-of-K gain, RM held-out accuracy (vs gold), the previous RM and this one on the
+    newest policy's held-out samples, policy KL and held-out gold, eval win rates, win rate against
+    the previous round) per round."""
     rows = []
     for r in rounds:
         g = r["gates"]
@@ -217,9 +218,14 @@ def rounds_table(rounds: list[dict]) -> list[tuple[str, str, str, str, str, str]
             f", held-out gold {p['eval_score']:.3f}" if p.get("eval_score") is not None else "")
         ev = r.get("eval")
         wins = "; ".join(f"{m} vs {ev['baseline']}: {_interval(w)}" for m, w in ev["win_rate"].items()) if ev else "n/a"
+        lt = g.get("latest")
+        newest = "n/a" if not lt else (
+            f"{_pct(lt['previous_accuracy'])} -> {_pct(lt['accuracy'])}" +
+            (f" (gold {_pct(lt['previous_gold_accuracy'])} -> {_pct(lt['gold_accuracy'])})" if "gold_accuracy" in lt else "") +
+            f", best-of-K gain {lt['previous_bon_gain']:+.4f} -> {lt['bon_gain']:+.4f}; {lt['n_pairs']} pairs")
         prev = r.get("vs_previous")
         vs = f"{_interval(prev['win_rate'])} ({prev['eval']})" if prev else "n/a"
-        rows.append((str(r["round"]), gain, acc, kl, wins, vs))
+        rows.append((str(r["round"]), gain, acc, newest, kl, wins, vs))
     return rows
 
 
@@ -321,7 +327,8 @@ def render(summary: dict, figs, samples: list[dict], rows) -> str:
     parts.append("</table>")
     if summary.get("rounds"):
         parts.append("<h2>Rounds</h2><table id='rounds'><tr><th>round</th><th>RM best-of-K gain (gate)</th>"
-                     "<th>RM held-out accuracy</th><th>policy KL to its reference</th><th>eval win rates</th>"
+                     "<th>RM held-out accuracy</th><th>on the previous policy's samples: previous RM -> this RM</th>"
+                     "<th>policy KL to its reference</th><th>eval win rates</th>"
                      "<th>vs the previous round</th></tr>")
         parts += [f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rounds_table(summary["rounds"])]
         parts.append("</table>")
@@ -370,7 +377,8 @@ def run(cfg: ReportConfig) -> dict:
     for a, b, c in rows:
         print(f"  {a[:width]:<{width}} | paper: {b}")
         print(f"  {'':<{width}} | run:   {c}")
-    for r, gain, acc, kl, wins, vs in rounds_table(summary.get("rounds", [])):
-        print(f"  round {r}: RM best-of-K gain {gain}, held-out accuracy {acc}; policy {kl}; {wins}; "
-              f"vs the previous round {vs}")
+    for r, gain, acc, newest, kl, wins, vs in rounds_table(summary.get("rounds", [])):
+        print(f"  round {r}: RM best-of-K gain {gain}, held-out accuracy {acc}" +
+              (f"; on the previous policy's samples {newest}" if newest != "n/a" else "") +
+              f"; policy {kl}; {wins}; vs the previous round {vs}")
     return summary

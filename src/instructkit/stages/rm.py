@@ -142,6 +142,21 @@ def normalization_texts(cfg: RMConfig, train_rankings: list) -> tuple[list, str]
 
 # ---------------------------------------------------------------------------- stage
 
+def compare_on_latest(rankings: list, scores: list, previous: str, data: str, batch_size: int) -> dict:
+    """This RM and an earlier one on the same held-out rankings of the newest samples: is the new RM
+    ahead of the policy those samples came from? -> the figures of both, for gates.latest."""
+    from instructkit.stages.rm_eval import score_with
+
+    new, old = evaluate(rankings, scores), evaluate(rankings, score_with(previous, rankings, batch_size))
+    out = {"data": data, "previous": previous, "n_prompts": new["n_prompts"], "n_pairs": new["n_pairs"],
+           "accuracy": new["accuracy"], "previous_accuracy": old["accuracy"],
+           "bon_gain": new["best_of_k"]["bon_gain"], "previous_bon_gain": old["best_of_k"]["bon_gain"],
+           "judge": new["best_of_k"]["judge"]}
+    if "gold" in new:
+        out.update(gold_accuracy=new["gold"]["accuracy"], previous_gold_accuracy=old["gold"]["accuracy"])
+    return out
+
+
 def run(cfg: RMConfig) -> dict:
     threads = set_threads(cfg.threads)
     D.setup(cfg.dist.timeout_minutes)  # under torchrun: join the other processes (else nothing)
@@ -176,6 +191,16 @@ def run(cfg: RMConfig) -> dict:
                          field="select.by")
     if cfg.eval.gold and val:
         attach_gold(val, cfg.eval.gold)
+    latest = []  # held-out records of the last data.train file: the newest policy's samples (eval.previous)
+    if cfg.eval.previous:
+        if not (Path(cfg.eval.previous) / "config.json").is_file():
+            raise InputError("no reward model here (config.json missing)", path=cfg.eval.previous, field="eval.previous")
+        if cfg.data.val:
+            latest = list(range(len(val)))
+        else:
+            n_last = len(rankable(load_rankings(train_files[-1]))[0])  # the tail of train_all, in file order
+            newest = {id(r) for r in train_all[len(train_all) - n_last:]}
+            latest = [i for i, r in enumerate(val) if id(r) in newest]
     norm_items, norm_source = normalization_texts(cfg, train)
     model, tok, fresh_head = create_reward_model(cfg.model, seed=cfg.seed, dropout=cfg.dropout)
     if cfg.policy:
@@ -276,8 +301,8 @@ def run(cfg: RMConfig) -> dict:
                "rows_per_s": rows / max(1e-9, train_seconds), "selected_step": selected}
     report = None
     if val:
-        report = evaluate(val, score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size),
-                          cfg.eval.agreement, cfg.eval.bins)
+        val_scores = score_rankings(model, val_items, tok.pad_token_id, cfg.eval.batch_size)
+        report = evaluate(val, val_scores, cfg.eval.agreement, cfg.eval.bins)
         metrics.update(val_accuracy=report["accuracy"], val_loss=report["loss"], val_ece=report["calibration"]["ece"])
         if "gold" in report:
             metrics["val_gold_accuracy"] = report["gold"]["accuracy"]
@@ -288,11 +313,21 @@ def run(cfg: RMConfig) -> dict:
             save_model(model, tok, cfg.out)
     # the gate PPO checks before it starts (stages/ppo.py check_gate): best-of-K by this RM beats random
     gates = {k: report["best_of_k"][k] for k in ("bon_gain", "bon_n", "judge")} if report else {}
+    if latest and D.is_main():
+        gates["latest"] = compare_on_latest([val[i] for i in latest], [val_scores[i] for i in latest],
+                                            cfg.eval.previous, train_files[-1] if not cfg.data.val else cfg.data.val,
+                                            cfg.eval.batch_size)
     rundir.finish(metrics, {"reward": reward_meta, "eval": report, "gates": gates})
     print(f"rm: normalisation {norm.kind}: gain {norm.gain:.4g}, bias {norm.bias:+.4g} on {norm.n} samples"
           + (f" ({norm.source})" if norm.source else ""))
     if report:
         print(format_report(report, "rm: held out"))
+    if "latest" in gates:
+        g = gates["latest"]
+        print(f"rm: on {g['n_prompts']} held-out prompts of {g['data']} ({g['n_pairs']} pairs), the previous RM -> this "
+              f"one: accuracy {g['previous_accuracy']:.3f} -> {g['accuracy']:.3f}" +
+              (f", vs gold {g['previous_gold_accuracy']:.3f} -> {g['gold_accuracy']:.3f}" if "gold_accuracy" in g else "") +
+              f", best-of-K gain {g['previous_bon_gain']:+.4f} -> {g['bon_gain']:+.4f}")
     else:
         print("rm: no held-out rankings (data.val empty, data.val_fraction 0): no evaluation")
     print(f"rm: done -> {cfg.out} (step {selected} of {total}, {train_seconds:.1f}s training) " +

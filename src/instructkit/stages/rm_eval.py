@@ -272,11 +272,22 @@ def format_report(report: dict, name: str = "rm-eval") -> str:
 
 # ---------------------------------------------------------------------------- command
 
-def run(cfg: RMEvalConfig) -> dict:
+def score_with(model_dir: str, rankings: list[Ranking], batch_size: int = 64) -> list[list[float]]:
+    """Every completion's reward under a saved reward model (its own template, length and EOS)."""
     from types import SimpleNamespace
 
-    from instructkit.models import set_threads
     from instructkit.reward import load_reward_model
+
+    model, tok, meta = load_reward_model(model_dir)
+    template = SimpleNamespace(**{"kind": "plain", "system": "", **meta["template"]})
+    items, n_trunc = encode_rankings(rankings, tok, template, int(meta["max_len"]), bool(meta["append_eos"]))
+    if n_trunc:
+        print(f"rm-eval: {n_trunc} sequences truncated to {meta['max_len']} tokens")
+    return score_rankings(model, items, tok.pad_token_id, batch_size)
+
+
+def run(cfg: RMEvalConfig) -> dict:
+    from instructkit.models import set_threads
 
     set_threads(cfg.threads)
     for name in ("model", "data"):
@@ -295,12 +306,7 @@ def run(cfg: RMEvalConfig) -> dict:
         raise InputError("no record has a ranked pair", path=cfg.data)
     if cfg.gold:
         attach_gold(rankings, cfg.gold)
-    model, tok, meta = load_reward_model(cfg.model)
-    template = SimpleNamespace(**{"kind": "plain", "system": "", **meta["template"]})
-    items, n_trunc = encode_rankings(rankings, tok, template, int(meta["max_len"]), bool(meta["append_eos"]))
-    if n_trunc:
-        print(f"rm-eval: {n_trunc} sequences truncated to {meta['max_len']} tokens")
-    scores = score_rankings(model, items, tok.pad_token_id, cfg.batch_size)
+    scores = score_with(cfg.model, rankings, cfg.batch_size)
     report = evaluate(rankings, scores, cfg.agreement, cfg.bins)
     report["skipped"] = {"not_rankable": flagged, "all_tied": tied}
     print(format_report(report))
