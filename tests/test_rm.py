@@ -417,3 +417,32 @@ def test_a_previous_rm_is_compared_on_the_newest_files_held_out_prompts(world, t
     assert main(rm_args(world, tmp_path / "rm3", f"eval.previous={tmp_path / 'nowhere'}")) == 2
     err = capsys.readouterr().err
     assert "field 'eval.previous'" in err and "no reward model here" in err and not (tmp_path / "rm3").exists()
+
+
+@pytest.mark.filterwarnings("ignore:ppo iteration")  # a 4-token tiny policy never ends with EOS
+def test_ppo_refuses_an_rm_trained_on_reversed_labels_and_runs_with_the_real_one(world, tmp_path, capsys):
+    """The RM quality gate end to end: the same data with every ranking turned upside down trains an RM
+    whose best-of-K pick is worse than a random completion by the gold ordering; PPO will not start
+    on it (exit 2, the figure named, nothing written), starts on the RM of the true labels, and
+    `require_gate=false` overrides the gate."""
+    records = [json.loads(l) for l in Path(world["train"]).read_text().splitlines()]
+    flipped = [{**r, "ranks": [len(r["ranks"]) + 1 - x for x in r["ranks"]]} for r in records]
+    for name, data in (("good", world["train"]), ("bad", write_jsonl(tmp_path / "flipped.jsonl", flipped))):
+        assert main(rm_args(world, tmp_path / name, f"data.train={data}", f"data.val={world['val']}")) == 0
+    gain = {n: json.loads((tmp_path / n / "instructkit.json").read_text())["gates"]["bon_gain"] for n in ("good", "bad")}
+    assert gain["bad"] < 0 < gain["good"]
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in records[:8]])
+
+    def ppo(rm, out, *extra):
+        return main(["ppo", f"policy={world['gpt2']}", f"reward_model={tmp_path / rm}", f"prompts={prompts}",
+                     "episodes=4", "rollout_batch=4", "minibatch=4", "ppo_epochs=1", "max_new_tokens=4",
+                     "warmup_iterations=0", "value_warmup_iterations=0", "select=last", "threads=1",
+                     f"out={tmp_path / out}", *extra])
+    capsys.readouterr()
+    assert ppo("bad", "ppo_bad") == 2
+    err = capsys.readouterr().err
+    assert "RM quality gate" in err and f"{gain['bad']:+.4f}" in err and "field 'gates.bon_gain'" in err
+    assert not (tmp_path / "ppo_bad").exists()
+    assert ppo("good", "ppo_good") == 0 and f"RM gate ok: best-of-2..6 gain {gain['good']:+.4f}" in capsys.readouterr().out
+    assert ppo("bad", "ppo_forced", "require_gate=false") == 0
