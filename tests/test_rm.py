@@ -273,6 +273,35 @@ def test_pairs_ratings_and_hh_transcripts_train_through_the_same_command(world, 
     assert "K 2-2" in capsys.readouterr().out  # pairs are K = 2 rankings
 
 
+def test_recorded_demonstrations_resolve_from_another_directory(world, tmp_path, monkeypatch):
+    """An SFT run records its data path as it saw it (relative to where it ran); the RM finds the file
+    from elsewhere through the directories above the model, and only if the recorded digest matches."""
+    from instructkit.run import file_sha256
+    from instructkit.stages.rm import recorded_demonstrations
+
+    project = tmp_path / "project"
+    (project / "runs" / "demo" / "world").mkdir(parents=True)
+    demos = project / "runs" / "demo" / "world" / "demonstrations.jsonl"
+    shutil.copy(world["demos"], demos)
+    sft = project / "runs" / "demo" / "sft"
+    sft.mkdir()
+
+    def record(path, digest):
+        (sft / "instructkit.json").write_text(json.dumps({"stage": "sft", "complete": True, "inputs": {
+            "data.train": {"path": path, "sha256": digest}}}))
+    record("runs/demo/world/demonstrations.jsonl", file_sha256(demos))
+    monkeypatch.chdir(project)
+    assert recorded_demonstrations("runs/demo/sft") == "runs/demo/world/demonstrations.jsonl"  # as recorded
+    monkeypatch.chdir(tmp_path)
+    assert recorded_demonstrations(str(sft)) == str(demos)  # from another directory: found above the model
+    record("runs/demo/world/demonstrations.jsonl", "0" * 64)
+    assert recorded_demonstrations(str(sft)) == ""  # a different file under that name is not taken
+    record(str(demos), None)
+    assert recorded_demonstrations(str(sft)) == str(demos)  # absolute, no digest
+    (sft / "instructkit.json").write_text(json.dumps({"stage": "rm", "inputs": {"data.train": {"path": str(demos)}}}))
+    assert recorded_demonstrations(str(sft)) == ""  # not an SFT run
+
+
 def test_bad_input_exits_2_and_leaves_nothing(world, tmp_path, capsys):
     lines = Path(world["train"]).read_text().splitlines()
     bad = json.loads(lines[2])

@@ -116,20 +116,36 @@ def split_by_prompt(rankings: list, fraction: float, seed: int) -> tuple[list, l
     return [r for r in rankings if r.prompt not in held], [r for r in rankings if r.prompt in held]
 
 
+def recorded_demonstrations(model_dir: str) -> str:
+    """The demonstrations an SFT run recorded in its instructkit.json, or "". A relative path is as
+    the SFT saw it from where it ran: tried from here, then from each directory above the model (a
+    pipeline run from another directory); with a recorded digest, only the same file is taken."""
+    from instructkit.run import file_sha256
+
+    try:
+        meta = json.loads((Path(model_dir) / "instructkit.json").read_text())
+        entry = meta["inputs"]["data.train"] if meta.get("stage") == "sft" else {}
+        recorded, digest = entry.get("path") or "", entry.get("sha256")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return ""
+    if not isinstance(recorded, str) or not recorded:
+        return ""
+    tries = [Path(recorded)]
+    if not Path(recorded).is_absolute():
+        tries += [d / recorded for d in Path(model_dir).resolve().parents]
+    for candidate in tries:
+        if candidate.is_file() and (not digest or file_sha256(candidate) == digest):
+            return str(candidate)
+    return ""
+
+
 def normalization_texts(cfg: RMConfig, train_rankings: list) -> tuple[list, str]:
     """-> ([(prompt, messages, completion)], source) the normalisation is fit on."""
     if cfg.normalize.kind == "none":
         return [], ""
     path = cfg.normalize.data
     if not path and cfg.normalize.kind == "demonstrations":
-        meta_file = Path(cfg.model) / "instructkit.json"
-        try:
-            meta = json.loads(meta_file.read_text())
-            recorded = meta["inputs"]["data.train"]["path"] if meta.get("stage") == "sft" else ""
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            recorded = ""
-        if recorded and Path(recorded).is_file():
-            path = recorded
+        path = recorded_demonstrations(cfg.model)
     if path:
         demos = datalib.load(path, "demonstration")
         return [(d.prompt, d.messages[:-1] if d.messages else None, d.completion) for d in demos], path
