@@ -4,11 +4,12 @@ ordinary stages named `round_R/prompts` (the built-in `slice` command: `n_prompt
 `prompts`, lines [(R-2)n, (R-1)n) modulo the file), `round_R/rankings` (the `label` command sampling
 the previous round's policy), `round_R/rm` (a copy of the `rm.from` stage trained on round 1's
 rankings plus every later round's, compared with the previous round's RM on the held-out prompts of
-the newest rankings: `eval.previous`, gates.latest in its instructkit.json), `round_R/policy` (a copy of the `policy.from` PPO stage
-continuing from the previous round's policy against this round's RM; the KL penalty stays measured to
-round 1's `policy`, the SFT model, or with `policy: {from: ..., reference: previous}` to the previous
-round's policy, so that each round may move a KL budget further) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft
-with `eval: {from: eval, baseline: sft}`, sft also sampled). Their outputs live under ROOT/round_R/.
+the newest rankings: `eval.previous`, gates.latest in its instructkit.json), `round_R/policy` (a copy
+of the `policy.from` PPO stage continuing from the previous round's policy against this round's RM;
+the KL penalty stays measured to round 1's `policy`, the SFT model, or with `policy: {from: ...,
+reference: previous}` to the previous round's policy, so that each round may move a KL budget
+further) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft with
+`eval: {from: eval, baseline: sft}`, sft also sampled). Their outputs live under ROOT/round_R/.
 They are inserted after the last stage they copy (past its `group`; or after the stage named by
 `after:`), so later stages can use `{round_2/policy}`; skipping, resuming and `--from round_2/rm`
 work as for any stage. configs/rounds.yaml (which extends configs/demo.yaml) is an example."""
