@@ -40,6 +40,7 @@ from typing import Callable
 
 import yaml
 
+from instructkit.config_io import deep_merge
 from instructkit.errors import InputError
 from instructkit.rounds import __doc__ as rounds_doc
 from instructkit.rounds import check_rounds, expand_rounds, slice_lines
@@ -76,12 +77,6 @@ def _format(value, names: dict, where: str, path: str | None = None):
         return [_format(v, names, where, path) for v in value]
     return value
 
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _parse(p: Path) -> dict:
@@ -154,7 +149,7 @@ def _resolve(p: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, list[tuple[st
             j = index[s["name"]]
             old = stages[j]
             stages[j] = {**old, **{k: v for k, v in s.items() if k != "args"},
-                         "args": _deep_merge(copy.deepcopy(old.get("args") or {}), copy.deepcopy(s.get("args") or {}))}
+                         "args": deep_merge(copy.deepcopy(old.get("args") or {}), copy.deepcopy(s.get("args") or {}))}
             origins[j] = (str(p), i)
             continue
         if "command" not in s:
@@ -210,7 +205,7 @@ def read_pipeline(path: str, overrides: dict | None = None) -> Pipeline:
         src, where = origins[i][0], f"stages[{origins[i][1]}]"
         if "needs" in s:
             needs[s["name"]] = (s["needs"], src)
-        args = _format(_deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args", src)
+        args = _format(deep_merge(s.get("args") or {}, stage_args.get(s["name"], {})), names, f"{where}.args", src)
         if "output" in s:  # a command whose result is not written to `out` (e.g. world report --json F)
             out = _format(str(s["output"]), names, f"{where}.output", src)
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 
+from instructkit.config_io import deep_merge
 from instructkit.data.jsonl import atomic_open, check_readable_file, split_paths
 from instructkit.errors import InputError
 
@@ -95,7 +96,7 @@ def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None,
 
 def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_args: dict, path: str) -> list[Stage]:
     """Rounds 2..count as ordinary stages (see the module docstring); adds their outputs to `names`."""
-    from instructkit.pipeline import Stage, _deep_merge, _format  # (pipeline imports this module)
+    from instructkit.pipeline import Stage, _format  # (pipeline imports this module)
 
     rm_src, pol_src = by_name[block["rm"]["from"]], by_name[block["policy"]["from"]]
     ev_src = by_name[block["eval"]["from"]] if block.get("eval") else None
@@ -113,7 +114,7 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
     stages: list[Stage] = []
 
     def add(name: str, command: str, args: dict) -> str:
-        args = _deep_merge(args, _format(stage_args.get(name, {}), names, f"{name}.args", path))
+        args = deep_merge(args, _format(stage_args.get(name, {}), names, f"{name}.args", path))
         names[name] = args["out"]
         stages.append(Stage(name, command, args, args["out"]))
         return args["out"]
