@@ -109,6 +109,73 @@ def test_rounds_expand_into_ordinary_stages(tmp_path):
     assert [s.name for s in stages] == ["rm", "ppo", "eval"]
 
 
+def dpo_spec(root: Path, rounds: dict | None = None, **kw) -> dict:
+    """The same pipeline with a DPO stage as the policy each round repeats (no RM unless `rounds` adds one)."""
+    s = spec(root, rounds={"policy": {"from": "dpo"}, **(rounds or {})}, **kw)
+    if "rm" not in (rounds or {}):
+        del s["rounds"]["rm"]
+    s["stages"].insert(1, {"name": "dpo", "command": "dpo",
+                           "args": {"model": "{sft}", "data": {"train": s["stages"][0]["args"]["data"]["train"]},
+                                    "epochs": 1, "batch_size": 8, "threads": 1}})
+    s["stages"][3]["args"]["models"] = ["sft={sft}", "dpo={dpo}"]
+    return s
+
+
+def test_rounds_with_a_direct_method_continue_it_on_each_rounds_own_rankings(tmp_path):
+    root = tmp_path / "run"
+    _, stages = load_pipeline(write(tmp_path / "d.yaml", dpo_spec(root)))
+    by = {s.name: s for s in stages}
+    kinds = ["prompts", "rankings", "policy", "eval"]  # no reward model: DPO needs none
+    assert [s.name for s in stages] == ["rm", "dpo", "ppo", "eval", *[f"round_{r}/{k}" for r in (2, 3) for k in kinds]]
+    for r in (2, 3):
+        d, previous = f"{root}/round_{r}", f"{root}/dpo" if r == 2 else f"{root}/round_2/policy"
+        assert by[f"round_{r}/rankings"].args["model"] == previous  # the labelers rank the last policy's samples
+        pol = by[f"round_{r}/policy"]
+        assert pol.command == "dpo" and (pol.args["model"], pol.out) == (previous, f"{d}/policy")
+        # on-policy: this round's rankings only; the starting policy is the frozen reference
+        assert pol.args["data"] == {"train": f"{d}/rankings.jsonl"} and "reference" not in pol.args
+        assert (pol.args["epochs"], pol.args["batch_size"]) == (1, 8)
+        assert by[f"round_{r}/eval"].args["models"] == [f"round{r}={d}/policy", f"round{r - 1}={previous}", "sft=S"]
+    # with an `rm` block each round still trains an RM (for its gates) on every round's rankings
+    _, stages = load_pipeline(write(tmp_path / "dr.yaml", dpo_spec(root, rounds={"rm": {"from": "rm"}})))
+    by = {s.name: s for s in stages}
+    assert by["round_2/rm"].args["data"]["train"] == ["R.jsonl", f"{root}/round_2/rankings.jsonl"]
+    assert by["round_2/policy"].args["data"]["train"] == f"{root}/round_2/rankings.jsonl"
+    # a direct method's reference is where it starts; PPO still needs its RM
+    bad = dpo_spec(root)
+    bad["rounds"]["policy"]["reference"] = "sft"
+    with pytest.raises(InputError) as e:
+        load_pipeline(write(tmp_path / "bad.yaml", bad))
+    assert e.value.field == "rounds.policy.reference" and "starts from" in e.value.message
+    no_rm = spec(root)
+    del no_rm["rounds"]["rm"]
+    with pytest.raises(InputError) as e:
+        load_pipeline(write(tmp_path / "no_rm.yaml", no_rm))
+    assert e.value.field == "rounds.rm" and "expected {from: STAGE}" in e.value.message
+
+
+@pytest.mark.slow
+def test_two_dpo_rounds_end_to_end(tiny_chain, tmp_path):
+    root = tmp_path / "run"
+    s = dpo_spec(root, world=str(tiny_chain["world"]), sft=str(tiny_chain["sft"]),
+                 rankings=str(tiny_chain["rankings"]), rounds={"count": 2, "n_prompts": 8})
+    s["stages"] = [x for x in s["stages"] if x["name"] not in ("rm", "ppo")]
+    s["stages"][0]["args"]["ref_cache"] = str(tmp_path / "cache")
+    cfg = write(tmp_path / "dpo_rounds.yaml", s)
+    run_pipeline(cfg)
+    d = root / "round_2"
+    meta = json.loads((d / "policy" / "instructkit.json").read_text())
+    assert meta["complete"] and meta["stage"] == "dpo"
+    assert meta["config"]["model"] == str(root / "dpo") and meta["config"]["data"]["train"] == str(d / "rankings.jsonl")
+    from safetensors.torch import load_file
+    before, after = load_file(root / "dpo" / "model.safetensors"), load_file(d / "policy" / "model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)  # round 2 moved from round 1's policy
+    ev = json.loads((d / "eval" / "eval.json").read_text())
+    assert ev["baseline"] == "round1" and 0 <= ev["models"]["round2"]["win_rate"]["rate"] <= 1
+    rounds = report.build_summary(report.ReportConfig(run=str(root)))["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["vs_previous"]["eval"] == "round_2/eval"
+
+
 def test_rounds_may_measure_kl_to_the_previous_round(tmp_path):
     root = tmp_path / "run"
     _, stages = load_pipeline(write(tmp_path / "p.yaml", spec(root, rounds={"policy": {"from": "ppo",

@@ -9,7 +9,11 @@ of the `policy.from` PPO stage continuing from the previous round's policy again
 the KL penalty stays measured to round 1's `policy`, the SFT model, or with `policy: {from: ...,
 reference: previous}` to the previous round's policy, so that each round may move a KL budget
 further) and, with `eval.from`, `round_R/eval` (roundR vs round(R-1), or vs sft with
-`eval: {from: eval, baseline: sft}`, sft also sampled). Their outputs live under ROOT/round_R/.
+`eval: {from: eval, baseline: sft}`, sft also sampled). With `policy: {from: DPO_STAGE}` (a
+`dpo` stage, any of its losses) round_R/policy is that stage run from the previous round's policy,
+which is also its frozen reference, on round R's rankings only (iterated, on-policy preference
+optimisation); `rm` is then optional and only adds each round's RM and its gates. Their outputs
+live under ROOT/round_R/.
 They are inserted after the last stage they copy (past its `group`; or after the stage named by
 `after:`), so later stages can use `{round_2/policy}`; skipping, resuming and `--from round_2/rm`
 work as for any stage. configs/rounds.yaml (which extends configs/demo.yaml) is an example."""
@@ -23,7 +27,7 @@ from instructkit.errors import InputError
 
 
 ROUNDS_KEYS = {"count", "prompts", "n_prompts", "label", "rm", "policy", "eval", "after"}
-ROUNDS_FROM = {"rm": "rm", "policy": "ppo", "eval": "eval"}  # block key -> the command the copied stage runs
+ROUNDS_FROM = {"rm": ("rm",), "policy": ("ppo", "dpo"), "eval": ("eval",)}  # block key -> commands it may copy
 
 
 def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None, int]:
@@ -61,12 +65,16 @@ def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None,
             bad("set by each round (the previous round's policy, the round's prompts and rankings file)",
                 f"label.args.{key}")
     sources = []
-    for key, command in ROUNDS_FROM.items():
+    policy = block.get("policy")
+    direct = (isinstance(policy, dict) and isinstance(policy.get("from"), str) and policy["from"] in index
+              and raw_stages[index[policy["from"]]]["command"] == "dpo")
+    for key, commands in ROUNDS_FROM.items():
+        command = " or ".join(f"`{c}`" for c in commands)
         spec = block.get(key)
-        if spec is None and key == "eval":
-            continue
+        if spec is None and (key == "eval" or (key == "rm" and direct)):
+            continue  # a direct method needs no reward model; `rm` then only adds its gates per round
         if not isinstance(spec, dict) or "from" not in spec:
-            bad(f"expected {{from: STAGE}}, the `{command}` stage each round repeats", key)
+            bad(f"expected {{from: STAGE}}, the {command} stage each round repeats", key)
         known = {"eval": ("from", "baseline"), "policy": ("from", "reference")}.get(key, ("from",))
         for k in spec:
             if k not in known:
@@ -74,12 +82,15 @@ def check_rounds(block, raw_stages: list[dict], path: str) -> tuple[dict | None,
         name = spec["from"]
         if not isinstance(name, str) or name not in index:
             bad(f"no stage {name!r} (stages: {', '.join(index)})", f"{key}.from")
-        if raw_stages[index[name]]["command"] != command:
-            bad(f"stage {name!r} runs `{raw_stages[index[name]]['command']}`, expected `{command}`", f"{key}.from")
+        if raw_stages[index[name]]["command"] not in commands:
+            bad(f"stage {name!r} runs `{raw_stages[index[name]]['command']}`, expected {command}", f"{key}.from")
         if spec.get("baseline", "previous") not in ("previous", "sft"):
             bad(f"expected previous or sft, got {spec['baseline']!r}", f"{key}.baseline")
         if spec.get("reference", "sft") not in ("previous", "sft"):
             bad(f"expected sft or previous (the KL penalty's reference), got {spec['reference']!r}", f"{key}.reference")
+        if key == "policy" and direct and "reference" in spec:
+            bad("a direct method's reference is the model it starts from: each round's is the previous round's "
+                "policy", f"{key}.reference")
         sources.append(index[name])
     last = max(sources)
     if "after" in block:
@@ -98,16 +109,21 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
     """Rounds 2..count as ordinary stages (see the module docstring); adds their outputs to `names`."""
     from instructkit.pipeline import Stage, _format  # (pipeline imports this module)
 
-    rm_src, pol_src = by_name[block["rm"]["from"]], by_name[block["policy"]["from"]]
+    pol_src = by_name[block["policy"]["from"]]
+    rm_src = by_name[block["rm"]["from"]] if block.get("rm") else None  # optional with a direct method
     ev_src = by_name[block["eval"]["from"]] if block.get("eval") else None
-    first_rankings = split_paths((rm_src.args.get("data") or {}).get("train") or "")
-    reference = pol_src.args.get("reference") or pol_src.args.get("policy")  # the SFT model
+    direct = pol_src.command == "dpo"  # each round: the method on this round's rankings, from the last policy
+    data_src = rm_src or pol_src
+    first_rankings = split_paths((data_src.args.get("data") or {}).get("train") or "")
+    # the SFT model: PPO's reference (or its starting policy); a direct method's starting model
+    reference = pol_src.args.get("model") if direct else pol_src.args.get("reference") or pol_src.args.get("policy")
     kl_to_previous = block["policy"].get("reference", "sft") == "previous"
     if not first_rankings:
-        raise InputError(f"stage {rm_src.name!r} has no data.train to extend", path=path, field="rounds.rm.from")
+        raise InputError(f"stage {data_src.name!r} has no data.train to extend", path=path,
+                         field="rounds.rm.from" if rm_src else "rounds.policy.from")
     if not reference:
-        raise InputError(f"stage {pol_src.name!r} has no `policy` to continue from", path=path,
-                         field="rounds.policy.from")
+        raise InputError(f"stage {pol_src.name!r} has no `{'model' if direct else 'policy'}` to continue from",
+                         path=path, field="rounds.policy.from")
     prompts = _format(block["prompts"], names, "rounds.prompts", path)
     label_args = _format(block["label"].get("args") or {}, names, "rounds.label.args", path)
     n, root = block["n_prompts"], names["out"]
@@ -120,7 +136,7 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
         return args["out"]
 
     rankings, previous = list(first_rankings), pol_src.out  # round 1's policy is the copied stage's output
-    previous_rm = rm_src.out
+    previous_rm = rm_src.out if rm_src else ""
     for r in range(2, block["count"] + 1):
         d = f"{root}/round_{r}"
         slice_file = add(f"round_{r}/prompts", "slice",
@@ -128,14 +144,20 @@ def expand_rounds(block: dict, by_name: dict[str, Stage], names: dict, stage_arg
         rankings.append(add(f"round_{r}/rankings", block["label"].get("command", "world label"),
                             {**copy.deepcopy(label_args), "model": previous, "prompts": slice_file,
                              "out": f"{d}/rankings.jsonl"}))
-        rm_args = copy.deepcopy(rm_src.args)
-        rm_args["data"] = {**(rm_args.get("data") or {}), "train": list(rankings)}
-        rm_args["eval"] = {**(rm_args.get("eval") or {}), "previous": previous_rm}  # both on the new samples
-        rm = previous_rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
-        policy = add(f"round_{r}/policy", pol_src.command,
-                     {**copy.deepcopy(pol_src.args), "policy": previous,
-                      "reference": previous if kl_to_previous else reference,
-                      "reward_model": rm, "out": f"{d}/policy"})
+        if rm_src:
+            rm_args = copy.deepcopy(rm_src.args)
+            rm_args["data"] = {**(rm_args.get("data") or {}), "train": list(rankings)}
+            rm_args["eval"] = {**(rm_args.get("eval") or {}), "previous": previous_rm}  # both on the new samples
+            rm = previous_rm = add(f"round_{r}/rm", rm_src.command, {**rm_args, "out": f"{d}/rm"})
+        if direct:  # on-policy: this round's rankings of the last policy, which is also the frozen reference
+            pol_args = copy.deepcopy(pol_src.args)
+            pol_args["data"] = {**(pol_args.get("data") or {}), "train": rankings[-1]}
+            policy = add(f"round_{r}/policy", pol_src.command, {**pol_args, "model": previous, "out": f"{d}/policy"})
+        else:
+            policy = add(f"round_{r}/policy", pol_src.command,
+                         {**copy.deepcopy(pol_src.args), "policy": previous,
+                          "reference": previous if kl_to_previous else reference,
+                          "reward_model": rm, "out": f"{d}/policy"})
         if ev_src:
             baseline = "sft" if block["eval"].get("baseline") == "sft" else f"round{r - 1}"
             add(f"round_{r}/eval", ev_src.command,

@@ -178,7 +178,8 @@ def _rounds(root: Path, n_samples: int = 6) -> list[dict]:
                **{k: meta.get("metrics", {}).get(k) for k in ("val_accuracy", "val_gold_accuracy")}}
         if r == 1:
             first = _read_json(later[0][1] / "policy" / "instructkit.json")
-            path = (first.get("inputs", {}).get("policy") or {}).get("path")
+            inputs = first.get("inputs", {})
+            path = (inputs.get("policy") or inputs.get("model") or {}).get("path")  # PPO's policy, a direct method's model
             policy = _policy_metrics(root, path) if path else {}
         else:
             policy = _read_json(d / "policy" / "instructkit.json").get("metrics", {})
