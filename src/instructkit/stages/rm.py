@@ -194,7 +194,8 @@ def run(cfg: RMConfig) -> dict:
 
     # validate every input before the output directory exists
     train_files = split_paths(cfg.data.train)  # several rankings files are concatenated (iterated rounds)
-    train_all, flagged, tied = rankable(load_rankings(train_files))
+    per_file = [load_rankings(f) for f in train_files]  # each once; the last one is the newest samples
+    train_all, flagged, tied = rankable([r for records in per_file for r in records])
     val_all, vflagged, vtied = rankable(load_rankings(cfg.data.val)) if cfg.data.val else ([], 0, 0)
     if not train_all:
         raise InputError("no record has a ranked pair (all not_rankable or tied)", path=", ".join(train_files))
@@ -214,8 +215,7 @@ def run(cfg: RMConfig) -> dict:
         if cfg.data.val:
             latest = list(range(len(val)))
         else:
-            n_last = len(rankable(load_rankings(train_files[-1]))[0])  # the tail of train_all, in file order
-            newest = {id(r) for r in train_all[len(train_all) - n_last:]}
+            newest = {id(r) for r in per_file[-1]}
             latest = [i for i, r in enumerate(val) if id(r) in newest]
     norm_items, norm_source = normalization_texts(cfg, train)
     model, tok, fresh_head = create_reward_model(cfg.model, seed=cfg.seed, dropout=cfg.dropout)
