@@ -1,24 +1,32 @@
 """The headline claim: a small aligned policy is preferred to a ~8x larger base model prompted
-few-shot (InstructGPT: 1.3B InstructGPT preferred to 175B GPT-3, 85 ± 3% vs GPT-3 prompted and
-71 ± 4% vs few-shot GPT-3), judged by the sandbox's held-out labeler panel on the world's eval
-prompts.
+few-shot (InstructGPT: 1.3B InstructGPT preferred to 175B GPT-3; 175B InstructGPT preferred 85 ± 3%
+to 175B GPT-3 and 71 ± 4% to 175B GPT-3 few-shot), judged by the sandbox's held-out labeler panel on
+the world's eval prompts.
 
-    python benchmarks/headline.py [--policy runs/demo/ppo_ptx] [--out runs/headline] [--run DIR]
+    instructkit pipeline configs/headline.yaml      # the policy: the demo's chain, pretrained like the base
+    python benchmarks/headline.py [--policy runs/headline/ppo_ptx] [--out runs/headline/vs_base]
+
+(`make bench` runs both.) `--policy runs/demo/ppo_ptx` compares `make demo`'s policy instead; its
+pretraining is shorter, on the smaller `default` corpus.
 
 Stages, each an ordinary instructkit run directory under --out (a rerun skips complete ones, the
 eval only if it was made from the same policy, base and settings, and resumes a killed pretraining
 from its last checkpoint):
   world   `instructkit world build --size headline`: the policy's world (same seed: the same
-          knowledge base, demonstrations and prompts) with an 8M-token corpus
+          knowledge base, demonstrations and prompts) with an 8M-token corpus; the policy's own
+          world when it is that already (configs/headline.yaml)
   base    `instructkit pretrain`: the demo's family (Llama: RMSNorm, rotary positions, gated MLP),
           d_model 192, 9 layers, 6 heads, MLP 512, 1,024-token vocabulary (~4.2M parameters, ~7.7x
-          the demo's 0.54M) on that corpus; the default budget is 1,500 steps of 16 x 128 tokens
-          (3.1M tokens; ~35 minutes on one core, plus ~90 s to train the tokenizer and encode the
-          13.5M-token corpus). `--family gpt2` builds the GPT-2 of the same width and depth.
+          the policy's 0.54M) on that corpus; the default budget is 1,500 steps of 16 x 128 tokens
+          (3.1M tokens; ~30 minutes on one core, plus ~90 s to train the tokenizer and encode the
+          13.5M-token corpus), the recipe configs/headline.yaml pretrains the policy with.
+          `--family gpt2` builds the GPT-2 of the same width and depth.
   eval    `instructkit eval` with the policy as the baseline, the base few-shot (fewshot.NAME=K)
-          and bare, held-out panel judge
+          and bare, held-out panel judge; also the policy's own pretrained model (--policy-base,
+          default POLICY/../pretrain), few-shot and bare: the paper's 85 ± 3% and 71 ± 4% are
+          175B InstructGPT against 175B GPT-3, a same-size comparison
 Prints the policy's win rate against each with 95% intervals, writes OUT/headline.json, and copies
-it to the policy's pipeline run (--run, default the policy's parent directory, e.g. runs/demo) as
+it to the policy's pipeline run (--run, default the policy's parent directory, e.g. runs/headline) as
 headline.json, re-rendering that run's report when it has one: the report's claims table reads it."""
 from __future__ import annotations
 
@@ -69,13 +77,17 @@ def pct(w: dict) -> str:
     return f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", default="runs/demo/ppo_ptx", help="the small aligned policy (made by `make demo`)")
+    ap.add_argument("--policy", default="runs/headline/ppo_ptx",
+                    help="the small aligned policy (made by `instructkit pipeline configs/headline.yaml`)")
     ap.add_argument("--policy-world", default="", help="the world the policy was trained in (default: POLICY/../world)")
-    ap.add_argument("--out", default="runs/headline", help="where the world, base model and eval go")
+    ap.add_argument("--out", default="runs/headline/vs_base", help="where the base model and eval go (and the "
+                                                                   "world, unless the policy's is the headline one)")
     ap.add_argument("--run", default=None, help="pipeline run that gets headline.json and a fresh report "
                                                 "(default: the policy's parent directory; '' = none)")
+    ap.add_argument("--policy-base", default=None, help="the policy's own pretrained model, compared at the same "
+                                                         "size (default: POLICY/../pretrain if there; '' = skip)")
     ap.add_argument("--seed", type=int, default=None, help="world seed (default: the policy world's)")
     ap.add_argument("--family", default="llama", choices=["llama", "gpt2", "qwen2", "gpt_neox"],
                     help="the base model's family (the demo's policy is a Llama)")
@@ -92,20 +104,33 @@ def main() -> int:
     ap.add_argument("--n-prompts", type=int, default=0, help="eval prompts (0 = all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", default="headline", help="world size (tests use tiny)")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    a = parser().parse_args()
 
     from instructkit.cli import main as ik
 
     policy, out = Path(a.policy), Path(a.out)
     if not (policy / "instructkit.json").exists():
-        print(f"headline: no policy at {policy}; run `make demo` first or pass --policy DIR", file=sys.stderr)
+        print(f"headline: no policy at {policy}; run `instructkit pipeline configs/headline.yaml` first (make bench "
+              f"does) or pass --policy DIR (e.g. runs/demo/ppo_ptx)", file=sys.stderr)
         return 2
+    own = Path(a.policy_base) if a.policy_base else policy.parent / "pretrain"  # the same-size comparison
+    if a.policy_base == "" or not (own / "instructkit.json").exists():
+        if a.policy_base:
+            print(f"headline: no model at --policy-base {own}", file=sys.stderr)
+            return 2
+        own = None
     pworld = Path(a.policy_world) if a.policy_world else policy.parent / "world"
     pmeta = json.loads((pworld / "world.json").read_text()) if (pworld / "world.json").exists() else None
     seed = a.seed if a.seed is not None else (pmeta or {}).get("seed", 0)
-    world, base, ev = out / "world", out / "base", out / "eval"
-
-    # world: the policy's world with the headline corpus
+    base, ev = out / "base", out / "eval"
+    # world: the policy's world with the headline corpus; the policy's own when it is that already
+    # (configs/headline.yaml trains the policy there)
+    reuse = pmeta is not None and pmeta.get("size") == a.size and pmeta.get("seed") == seed
+    world = pworld if reuse else out / "world"
     assert ik(["world", "build", "--size", a.size, "--seed", str(seed), "--out", str(world)]) == 0
     same = {}
     if pmeta is not None:
@@ -130,11 +155,16 @@ def main() -> int:
     print(f"headline: base model ready in {time.time() - t0:.0f}s (this invocation)")
     pre = json.loads((base / "instructkit.json").read_text())
 
-    # eval: the policy is the baseline; the base model few-shot and bare
-    args = [f"models=policy={policy},base_fewshot={base},base={base}", f"fewshot.base_fewshot={a.shots}",
-            "baseline=policy", f"prompts={world}/prompts/eval.jsonl", f"world={world}", "judge=panel",
+    # eval: the policy is the baseline; the base model few-shot and bare, and the policy's own base
+    models_arg = f"policy={policy},base_fewshot={base},base={base}"
+    fewshot_args = [f"fewshot.base_fewshot={a.shots}"]
+    if own is not None:
+        models_arg += f",own_fewshot={own},own={own}"
+        fewshot_args.append(f"fewshot.own_fewshot={a.shots}")
+    args = [f"models={models_arg}", *fewshot_args, "baseline=policy", f"prompts={world}/prompts/eval.jsonl", f"world={world}", "judge=panel",
             f"n_prompts={a.n_prompts}", f"seed={seed}", f"out={ev}"]
-    if stale(ev, args, {"model.policy": policy, "model.base": base}):
+    inputs = {"model.policy": policy, "model.base": base, **({"model.own": own} if own else {})}
+    if stale(ev, args, inputs):
         print(f"headline: {ev} holds the eval of another policy, base or settings: redoing it")
         args.append("overwrite=true")
     assert ik(["eval", *args, f"threads={a.threads}"]) == 0
@@ -153,12 +183,16 @@ def main() -> int:
         "judge": res["judge"], "n_prompts": res["n_prompts"], "world": str(world), "seed": seed,
         "same_world_as_policy": same or None,
         "win_rate": flip(models["base_fewshot"]["win_rate"]),        # policy vs few-shot base
-        "win_rate_prompted": flip(models["base"]["win_rate"]),       # policy vs bare base
+        "win_rate_bare": flip(models["base"]["win_rate"]),           # policy vs bare base
         "gold_utility": {m: models[m]["gold_utility"]["mean"] for m in models},
         "task_success": {m: models[m]["sandbox"]["task_success"] for m in models},
         "continue_worksheet": {m: models[m]["sandbox"]["continue_worksheet"] for m in models},
         "answer_key_accuracy": {m: models[m].get("alignment_tax", {}).get("fewshot_accuracy") for m in models},
     }
+    if own is not None:  # the paper's own comparison: the same size, aligned vs not
+        head["same_size"] = {"path": str(own), "params": n_params(own),
+                             "win_rate": flip(models["own_fewshot"]["win_rate"]),
+                             "win_rate_bare": flip(models["own"]["win_rate"])}  # its other figures: under own*
     head["meets_acceptance"] = head["win_rate"]["rate"] >= 0.8 and head["win_rate"]["low"] > 0.7
     from instructkit.data.jsonl import write_json
     write_json(out / "headline.json", head)
@@ -168,15 +202,19 @@ def main() -> int:
           f"{head['base'].get('pretrain_seconds') or 0:.0f}s, val loss {head['base'].get('val_loss', float('nan')):.3f})")
     print(f"  judge: held-out panel, {res['n_prompts']} eval prompts; ties count half; 95% Wilson intervals")
     print(f"  {'':<34} {'policy win rate':>24} {'gold':>7} {'task ok':>8} {'worksheet':>9} {'answer keys':>11}")
-    for m, label, w in (("base_fewshot", f"vs base, few-shot ({a.shots} shots, "
-                                          f"{head['mean_shots']:.1f} fit)", head["win_rate"]),
-                        ("base", "vs base, prompted (bare)", head["win_rate_prompted"])):
+    rows = [("base_fewshot", f"vs base, few-shot ({a.shots} shots, {head['mean_shots']:.1f} fit)", head["win_rate"]),
+            ("base", "vs base, bare (the prompt alone)", head["win_rate_bare"])]
+    if own is not None:
+        rows += [("own_fewshot", f"vs its own base ({head['same_size']['params'] / 1e6:.2f}M), few-shot",
+                  head["same_size"]["win_rate"]),
+                 ("own", "vs its own base, bare", head["same_size"]["win_rate_bare"])]
+    for m, label, w in rows:
         print(f"  {label:<34} {pct(w):>24} {head['gold_utility'][m]:7.3f} {head['task_success'][m]:8.1%} "
               f"{head['continue_worksheet'][m]:9.1%} {head['answer_key_accuracy'][m] or float('nan'):11.1%}")
     print(f"  {'(the policy itself)':<34} {'':>24} {head['gold_utility']['policy']:7.3f} "
           f"{head['task_success']['policy']:8.1%} {head['continue_worksheet']['policy']:9.1%} "
           f"{head['answer_key_accuracy']['policy'] or float('nan'):11.1%}")
-    print(f"  paper: 85 ± 3% vs GPT-3 prompted, 71 ± 4% vs few-shot; acceptance (vs few-shot >= 80%, "
+    print(f"  paper (175B InstructGPT vs 175B GPT-3): 85 ± 3% vs GPT-3, 71 ± 4% vs few-shot GPT-3; acceptance (vs few-shot >= 80%, "
           f"lower bound > 70%): {'met' if head['meets_acceptance'] else 'NOT met'}")
     print(f"  -> {out / 'headline.json'}")
 

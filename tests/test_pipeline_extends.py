@@ -216,3 +216,27 @@ def test_a_stage_alone_gets_every_core_and_the_environment_is_restored(monkeypat
     assert seen == ["3", "1"] and os.environ["OMP_NUM_THREADS"] == "1"
     monkeypatch.delenv("INSTRUCTKIT_SOLO_THREADS")
     assert P.solo_threads() == (os.cpu_count() or 1)
+
+
+def test_headline_config_is_the_demo_pretrained_like_the_headline_base():
+    """configs/headline.yaml (make bench) = the demo's stages with the `headline` world and the
+    pretraining recipe benchmarks/headline.py gives the larger base, so the two differ only in size."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("headline_bench", ROOT / "benchmarks" / "headline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = bench.parser().parse_args([])
+    demo = {s.name: s for s in load_pipeline(str(ROOT / "configs" / "demo.yaml"), {"out": "/r"})[1]}
+    out, stages = load_pipeline(str(ROOT / "configs" / "headline.yaml"), {"out": "/r"})
+    assert [s.name for s in stages] == list(demo)
+    head = {s.name: s for s in stages}
+    assert head["world"].args == {**demo["world"].args, "size": "headline"}
+    pre = head["pretrain"].args
+    assert (pre["seq_len"], pre["init"]["max_len"], pre["batch_size"], pre["max_steps"]) == (
+        base.seq_len, base.seq_len, base.batch, base.steps)
+    assert (pre["optim"]["lr"], pre["optim"]["warmup_steps"], pre["tokenizer"]["vocab_size"]) == (base.lr, 100, base.vocab_size)
+    assert pre["init"]["family"] == base.family
+    for name in demo:  # every later stage is the demo's, word for word
+        if name not in ("world", "pretrain"):
+            assert head[name] == demo[name], name
+    assert base.policy == "runs/headline/ppo_ptx"

@@ -17,7 +17,9 @@ from sandbox_chain import tiny_chain  # noqa: E402,F401
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = {"policy": {"name": "ppo_ptx", "params": 500_000}, "base": {"params": 4_000_000}, "shots": 4,
         "win_rate": {"rate": 0.82, "low": 0.787, "high": 0.849, "n": 600},
-        "win_rate_prompted": {"rate": 0.9, "low": 0.874, "high": 0.921, "n": 600}}
+        "win_rate_bare": {"rate": 0.9, "low": 0.874, "high": 0.921, "n": 600},
+        "same_size": {"params": 500_000, "win_rate": {"rate": 0.6, "low": 0.56, "high": 0.639, "n": 600},
+                      "win_rate_bare": {"rate": 0.8, "low": 0.766, "high": 0.83, "n": 600}}}
 
 
 def _row(summary: dict) -> str:
@@ -27,9 +29,13 @@ def _row(summary: dict) -> str:
 def test_claims_row_shows_both_win_rates():
     assert _row({}) == "measured by `make bench` (headline size), not in the demo"
     assert _row({"headline": HEAD}) == ("ppo_ptx (0.50M) vs a 8.0x larger base (4.00M): 82.0% [78.7%, 84.9%] vs "
-                                        "few-shot (4 shots), 90.0% [87.4%, 92.1%] vs prompted")
+                                        "few-shot (4 shots), 90.0% [87.4%, 92.1%] vs bare; vs its own base: "
+                                        "60.0% [56.0%, 63.9%] few-shot, 80.0% [76.6%, 83.0%] bare")
     bare = {"win_rate": HEAD["win_rate"]}  # only the required key
     assert _row({"headline": bare}) == "82.0% [78.7%, 84.9%] vs few-shot (? shots)"
+    # a headline.json from before the rename of the bare figure still shows it
+    old = {"win_rate": HEAD["win_rate"], "win_rate_prompted": HEAD["win_rate_bare"], "shots": 4}
+    assert _row({"headline": old}) == "82.0% [78.7%, 84.9%] vs few-shot (4 shots), 90.0% [87.4%, 92.1%] vs bare"
 
 
 def test_report_reads_headline_json(tmp_path, capsys):
@@ -46,18 +52,24 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cmd = [PYTHON, str(ROOT / "benchmarks" / "headline.py"), "--size", "tiny", "--policy", str(tiny_chain["sft"]),
-           "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--d-ff", "64", "--layers", "2", "--heads", "2",
+           "--policy-base", str(tiny_chain["base"]), "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--d-ff", "64", "--layers", "2", "--heads", "2",
            "--seq-len", "128", "--batch", "8", "--steps", "12", "--shots", "2", "--n-prompts", "10"]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kb.json identical, demonstrations.jsonl identical, prompts/eval.jsonl identical" in proc.stdout
     head = json.loads((tmp_path / "h" / "headline.json").read_text())
-    assert head["win_rate"]["n"] == 10 and head["win_rate_prompted"]["n"] == 10 and head["shots"] == 2
+    assert head["win_rate"]["n"] == 10 and head["win_rate_bare"]["n"] == 10 and head["shots"] == 2
     assert head["base"]["pretrain_tokens"] == 12 * 8 * 128 and head["policy"]["params"] > 0
     ev = json.loads((tmp_path / "h" / "eval" / "eval.json").read_text())["models"]
     # the policy's win rate is the base's loss rate, ties half
     assert abs(head["win_rate"]["rate"] + ev["base_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
     assert abs(head["win_rate"]["low"] + ev["base_fewshot"]["win_rate"]["high"] - 1) < 1e-9
+    # the same-size comparison: the policy against the model it was fine-tuned from, few-shot and bare
+    assert ev["own_fewshot"]["fewshot"]["k"] == 2 and "fewshot" not in ev["own"]
+    assert head["same_size"]["path"] == str(tiny_chain["base"]) and head["same_size"]["params"] < head["base"]["params"]
+    assert abs(head["same_size"]["win_rate"]["rate"] + ev["own_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
+    assert abs(head["same_size"]["win_rate_bare"]["rate"] + ev["own"]["win_rate"]["rate"] - 1) < 1e-9
+    assert "vs its own base" in proc.stdout
     assert json.loads((run / "headline.json").read_text()) == head
     assert "vs few-shot" in proc.stdout and "acceptance" in proc.stdout
     # a rerun skips every stage and gives the same figures
@@ -69,3 +81,7 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
                            cwd=tmp_path)
     assert other.returncode == 0 and "redoing it" in other.stdout
     assert json.loads((tmp_path / "h" / "headline.json").read_text())["shots"] == 1
+    # a --policy-base that is not a model: exit 2 before anything is built
+    bad = subprocess.run([*cmd[:6], "--policy-base", str(tmp_path / "nope"), "--out", str(tmp_path / "h2"), *cmd[10:]],
+                         env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "--policy-base" in bad.stderr and not (tmp_path / "h2").exists()

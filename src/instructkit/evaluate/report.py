@@ -51,7 +51,8 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
                  f"continue-the-worksheet: base {_pct(get('base', 'sandbox', 'continue_worksheet'))}, "
                  f"SFT {_pct(get('sft', 'sandbox', 'continue_worksheet'))}, PPO-ptx {_pct(get('ppo_ptx', 'sandbox', 'continue_worksheet'))}"))
     rows.append(("Small aligned model preferred to a much larger base model",
-                 "1.3B InstructGPT preferred to 175B GPT-3 (85 ± 3% vs GPT-3 prompted; 71 ± 4% vs few-shot)",
+                 "1.3B InstructGPT preferred to 175B GPT-3; at the same size (175B) 85 ± 3% vs GPT-3, "
+                 "71 ± 4% vs few-shot GPT-3",
                  _headline(summary.get("headline"))))
     for m, label in (("ppo_ptx", "PPO-ptx"), ("ppo", "PPO"), ("sft_t0.3", "SFT at T=0.3"), ("dpo", "DPO")):
         if m in models and models[m].get("win_rate"):
@@ -86,15 +87,22 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
 
 
 def _headline(head: dict | None) -> str:
-    """The policy's win rate vs the larger base, few-shot (`win_rate`) and bare (`win_rate_prompted`)."""
+    """The policy's win rate vs the larger base, few-shot (`win_rate`) and bare (`win_rate_bare`; files
+    written before session 11 call it `win_rate_prompted`), then vs its own base (`same_size`)."""
     if not head or not head.get("win_rate"):
         return "measured by `make bench` (headline size), not in the demo"
     pol, base = head.get("policy", {}), head.get("base", {})
     sizes = (f"{pol.get('name', 'policy')} ({pol['params'] / 1e6:.2f}M) vs a {base['params'] / pol['params']:.1f}x "
              f"larger base ({base['params'] / 1e6:.2f}M): " if pol.get("params") and base.get("params") else "")
     text = f"{sizes}{_interval(head['win_rate'])} vs few-shot ({head.get('shots', '?')} shots)"
-    if head.get("win_rate_prompted"):
-        text += f", {_interval(head['win_rate_prompted'])} vs prompted"
+    bare = head.get("win_rate_bare") or head.get("win_rate_prompted")
+    if bare:
+        text += f", {_interval(bare)} vs bare"
+    same = head.get("same_size")
+    if same and same.get("win_rate"):
+        text += f"; vs its own base: {_interval(same['win_rate'])} few-shot"
+        if same.get("win_rate_bare"):
+            text += f", {_interval(same['win_rate_bare'])} bare"
     return text
 
 
