@@ -102,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--shots", type=int, default=4, help="few-shot demonstrations per prompt (fewer if they do not fit)")
     ap.add_argument("--n-prompts", type=int, default=0, help="eval prompts (0 = all)")
+    ap.add_argument("--eval-seeds", default="", help="evaluation seeds, comma-separated (default: the world's seed "
+                                                    "only); the first gives the headline figure, each is printed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", default="headline", help="world size (tests use tiny)")
     return ap
@@ -127,6 +129,11 @@ def main() -> int:
     pmeta = json.loads((pworld / "world.json").read_text()) if (pworld / "world.json").exists() else None
     seed = a.seed if a.seed is not None else (pmeta or {}).get("seed", 0)
     base, ev = out / "base", out / "eval"
+    try:
+        eval_seeds = list(dict.fromkeys(int(x) for x in a.eval_seeds.split(","))) if a.eval_seeds else [seed]
+    except ValueError:
+        print(f"headline: --eval-seeds {a.eval_seeds!r}: expected integers separated by commas", file=sys.stderr)
+        return 2
     # world: the policy's world with the headline corpus; the policy's own when it is that already
     # (configs/headline.yaml trains the policy there)
     reuse = pmeta is not None and pmeta.get("size") == a.size and pmeta.get("seed") == seed
@@ -155,20 +162,25 @@ def main() -> int:
     print(f"headline: base model ready in {time.time() - t0:.0f}s (this invocation)")
     pre = json.loads((base / "instructkit.json").read_text())
 
-    # eval: the policy is the baseline; the base model few-shot and bare, and the policy's own base
+    # eval: the policy is the baseline; the base model few-shot and bare, and the policy's own base;
+    # once per evaluation seed (the first is the headline figure; the others show the spread)
     models_arg = f"policy={policy},base_fewshot={base},base={base}"
     fewshot_args = [f"fewshot.base_fewshot={a.shots}"]
     if own is not None:
         models_arg += f",own_fewshot={own},own={own}"
         fewshot_args.append(f"fewshot.own_fewshot={a.shots}")
-    args = [f"models={models_arg}", *fewshot_args, "baseline=policy", f"prompts={world}/prompts/eval.jsonl", f"world={world}", "judge=panel",
-            f"n_prompts={a.n_prompts}", f"seed={seed}", f"out={ev}"]
     inputs = {"model.policy": policy, "model.base": base, **({"model.own": own} if own else {})}
-    if stale(ev, args, inputs):
-        print(f"headline: {ev} holds the eval of another policy, base or settings: redoing it")
-        args.append("overwrite=true")
-    assert ik(["eval", *args, f"threads={a.threads}"]) == 0
-    res = json.loads((ev / "eval.json").read_text())
+    evals = {}
+    for i, es in enumerate(eval_seeds):
+        ev_s = ev if i == 0 else out / f"eval_seed{es}"
+        args = [f"models={models_arg}", *fewshot_args, "baseline=policy", f"prompts={world}/prompts/eval.jsonl",
+                f"world={world}", "judge=panel", f"n_prompts={a.n_prompts}", f"seed={es}", f"out={ev_s}"]
+        if stale(ev_s, args, inputs):
+            print(f"headline: {ev_s} holds the eval of another policy, base or settings: redoing it")
+            args.append("overwrite=true")
+        assert ik(["eval", *args, f"threads={a.threads}"]) == 0
+        evals[es] = json.loads((ev_s / "eval.json").read_text())
+    res = evals[eval_seeds[0]]
     models = res["models"]
 
     p_params, b_params = n_params(policy), n_params(base)
@@ -181,6 +193,7 @@ def main() -> int:
         "shots": a.shots,
         "mean_shots": models["base_fewshot"]["fewshot"]["mean_shots"],
         "judge": res["judge"], "n_prompts": res["n_prompts"], "world": str(world), "seed": seed,
+        "eval_seed": eval_seeds[0],
         "same_world_as_policy": same or None,
         "win_rate": flip(models["base_fewshot"]["win_rate"]),        # policy vs few-shot base
         "win_rate_bare": flip(models["base"]["win_rate"]),           # policy vs bare base
@@ -193,6 +206,13 @@ def main() -> int:
         head["same_size"] = {"path": str(own), "params": n_params(own),
                              "win_rate": flip(models["own_fewshot"]["win_rate"]),
                              "win_rate_bare": flip(models["own"]["win_rate"])}  # its other figures: under own*
+    if len(evals) > 1:  # every seed's figures, the first included
+        head["by_seed"] = {str(es): {"win_rate": flip(r["models"]["base_fewshot"]["win_rate"]),
+                                     "win_rate_bare": flip(r["models"]["base"]["win_rate"]),
+                                     **({"same_size": {"win_rate": flip(r["models"]["own_fewshot"]["win_rate"]),
+                                                       "win_rate_bare": flip(r["models"]["own"]["win_rate"])}}
+                                        if own is not None else {})}
+                           for es, r in evals.items()}
     head["meets_acceptance"] = head["win_rate"]["rate"] >= 0.8 and head["win_rate"]["low"] > 0.7
     from instructkit.data.jsonl import write_json
     write_json(out / "headline.json", head)
@@ -214,6 +234,11 @@ def main() -> int:
     print(f"  {'(the policy itself)':<34} {'':>24} {head['gold_utility']['policy']:7.3f} "
           f"{head['task_success']['policy']:8.1%} {head['continue_worksheet']['policy']:9.1%} "
           f"{head['answer_key_accuracy']['policy'] or float('nan'):11.1%}")
+    for es, fig in head.get("by_seed", {}).items():
+        cols = [fig["win_rate"], fig["win_rate_bare"]] + ([fig["same_size"]["win_rate"], fig["same_size"]["win_rate_bare"]]
+                                                          if "same_size" in fig else [])
+        print(f"  eval seed {es}: " + " | ".join(f"{w['rate']:.1%}" for w in cols)
+              + "  (few-shot | bare" + (" | own few-shot | own bare)" if len(cols) > 2 else ")"))
     print(f"  paper (175B InstructGPT vs 175B GPT-3): 85 ± 3% vs GPT-3, 71 ± 4% vs few-shot GPT-3; acceptance (vs few-shot >= 80%, "
           f"lower bound > 70%): {'met' if head['meets_acceptance'] else 'NOT met'}")
     print(f"  -> {out / 'headline.json'}")

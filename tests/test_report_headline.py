@@ -52,7 +52,7 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cmd = [PYTHON, str(ROOT / "benchmarks" / "headline.py"), "--size", "tiny", "--policy", str(tiny_chain["sft"]),
-           "--policy-base", str(tiny_chain["base"]), "--out", str(tmp_path / "h"), "--run", str(run), "--d-model", "32", "--d-ff", "64", "--layers", "2", "--heads", "2",
+           "--policy-base", str(tiny_chain["base"]), "--out", str(tmp_path / "h"), "--run", str(run), "--eval-seeds", "0,3", "--d-model", "32", "--d-ff", "64", "--layers", "2", "--heads", "2",
            "--seq-len", "128", "--batch", "8", "--steps", "12", "--shots", "2", "--n-prompts", "10"]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,6 +70,15 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     assert abs(head["same_size"]["win_rate"]["rate"] + ev["own_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
     assert abs(head["same_size"]["win_rate_bare"]["rate"] + ev["own"]["win_rate"]["rate"] - 1) < 1e-9
     assert "vs its own base" in proc.stdout
+    # a second evaluation seed: its own eval run, every seed's figures kept, the first is the headline's
+    assert head["eval_seed"] == 0 and set(head["by_seed"]) == {"0", "3"}
+    assert head["by_seed"]["0"]["win_rate"] == head["win_rate"]
+    assert head["by_seed"]["0"]["same_size"]["win_rate_bare"] == head["same_size"]["win_rate_bare"]
+    ev3 = json.loads((tmp_path / "h" / "eval_seed3" / "instructkit.json").read_text())
+    assert ev3["config"]["seed"] == 3
+    ev3_models = json.loads((tmp_path / "h" / "eval_seed3" / "eval.json").read_text())["models"]
+    assert abs(head["by_seed"]["3"]["win_rate"]["rate"] + ev3_models["base_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
+    assert "eval seed 3:" in proc.stdout
     assert json.loads((run / "headline.json").read_text()) == head
     assert "vs few-shot" in proc.stdout and "acceptance" in proc.stdout
     # a rerun skips every stage and gives the same figures
@@ -85,3 +94,6 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     bad = subprocess.run([*cmd[:6], "--policy-base", str(tmp_path / "nope"), "--out", str(tmp_path / "h2"), *cmd[10:]],
                          env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "--policy-base" in bad.stderr and not (tmp_path / "h2").exists()
+    bad = subprocess.run([*cmd[:9], str(tmp_path / "h3"), *cmd[10:], "--eval-seeds", "1,x"],
+                         env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "--eval-seeds '1,x'" in bad.stderr and not (tmp_path / "h3").exists()
