@@ -100,6 +100,14 @@ def test_eval_with_a_fewshot_model_end_to_end(tiny_chain, tmp_path, capsys):
     assert [cut_answer(s) for s in raw] == [r["base_fs"] for r in rows]
     assert any("\n" in s for s in raw)  # the cut did something
 
+    # fewshot_cut=false: the judge sees the whole continuation, as it sees a bare model's
+    whole = tmp_path / "eval_whole"
+    code, _, err = run_cli(["eval", f"models=sft={sft},base_fs={base}", "fewshot.base_fs=3", "fewshot_cut=false",
+                            "baseline=sft", f"prompts={w}/prompts/eval.jsonl", f"world={w}", "n_prompts=12",
+                            "max_new_tokens=16", "alignment_tax=false", "threads=1", f"out={whole}"], capsys)
+    assert code == 0, err
+    assert [json.loads(l)["base_fs"] for l in (whole / "samples.jsonl").read_text().splitlines()] == raw
+
 
 def test_fewshot_names_a_model(tiny_chain, tmp_path, capsys):
     w, base = tiny_chain["world"], tiny_chain["base"]

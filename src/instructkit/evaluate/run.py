@@ -144,7 +144,7 @@ def run(cfg: EvalConfig) -> dict:
             rendered = [render_prompt(p, tok, cfg.template) for p in prompts]
         samples[name] = generate_texts(model, tok, rendered, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=t),
                                        batch_size=cfg.batch_size, seed=cfg.seed)
-        if k:
+        if k and cfg.fewshot_cut:
             samples[name] = [cut_answer(s) for s in samples[name]]
         same = next((n for n, (q, _) in specs.items() if n in tax and q == path), None)
         if same:  # the same checkpoint under another name (bare and few-shot): the same tax
