@@ -62,8 +62,9 @@ def stale(ev: Path, args: list[str], models: dict[str, Path]) -> bool:
     from instructkit.run import file_sha256
     done = json.loads(meta.read_text())
     want = to_dict(load_config(EvalConfig, overrides=args))
-    keys = ("models", "fewshot", "baseline", "prompts", "world", "judge", "n_prompts", "seed")
-    return (any(done["config"].get(k) != want[k] for k in keys)
+    made = {**to_dict(EvalConfig()), **done["config"]}  # a field added since the eval ran: it ran with the default
+    keys = ("models", "fewshot", "fewshot_cut", "baseline", "prompts", "world", "judge", "n_prompts", "seed")
+    return (any(made.get(k) != want[k] for k in keys)
             or any(done["inputs"].get(k, {}).get("sha256") != file_sha256(p) for k, p in models.items()))
 
 
@@ -71,6 +72,17 @@ def flip(w: dict) -> dict:
     """B's win rate over A from A's over B: ties count half either way; the Wilson interval mirrors."""
     return {"rate": 1 - w["rate"], "low": 1 - w["high"], "high": 1 - w["low"], "n": w["n"],
             "wins": w["n"] - w["wins"] - w["ties"], "ties": w["ties"]}
+
+
+def figures(models: dict, same_size: bool) -> dict:
+    """The policy's win rates from one eval (the policy is its baseline): vs the base few-shot
+    (`win_rate`) and bare (`win_rate_bare`), and, when it was evaluated, vs its own base (`same_size`:
+    the paper's comparison, aligned vs not at one size)."""
+    fig = {"win_rate": flip(models["base_fewshot"]["win_rate"]), "win_rate_bare": flip(models["base"]["win_rate"])}
+    if same_size:
+        fig["same_size"] = {"win_rate": flip(models["own_fewshot"]["win_rate"]),
+                            "win_rate_bare": flip(models["own"]["win_rate"])}
+    return fig
 
 
 def pct(w: dict) -> str:
@@ -195,24 +207,16 @@ def main() -> int:
         "judge": res["judge"], "n_prompts": res["n_prompts"], "world": str(world), "seed": seed,
         "eval_seed": eval_seeds[0],
         "same_world_as_policy": same or None,
-        "win_rate": flip(models["base_fewshot"]["win_rate"]),        # policy vs few-shot base
-        "win_rate_bare": flip(models["base"]["win_rate"]),           # policy vs bare base
+        **figures(models, own is not None),
         "gold_utility": {m: models[m]["gold_utility"]["mean"] for m in models},
         "task_success": {m: models[m]["sandbox"]["task_success"] for m in models},
         "continue_worksheet": {m: models[m]["sandbox"]["continue_worksheet"] for m in models},
         "answer_key_accuracy": {m: models[m].get("alignment_tax", {}).get("fewshot_accuracy") for m in models},
     }
-    if own is not None:  # the paper's own comparison: the same size, aligned vs not
-        head["same_size"] = {"path": str(own), "params": n_params(own),
-                             "win_rate": flip(models["own_fewshot"]["win_rate"]),
-                             "win_rate_bare": flip(models["own"]["win_rate"])}  # its other figures: under own*
+    if own is not None:  # its other figures (gold, task success, ...) are under own_fewshot and own
+        head["same_size"] = {"path": str(own), "params": n_params(own), **head["same_size"]}
     if len(evals) > 1:  # every seed's figures, the first included
-        head["by_seed"] = {str(es): {"win_rate": flip(r["models"]["base_fewshot"]["win_rate"]),
-                                     "win_rate_bare": flip(r["models"]["base"]["win_rate"]),
-                                     **({"same_size": {"win_rate": flip(r["models"]["own_fewshot"]["win_rate"]),
-                                                       "win_rate_bare": flip(r["models"]["own"]["win_rate"])}}
-                                        if own is not None else {})}
-                           for es, r in evals.items()}
+        head["by_seed"] = {str(es): figures(r["models"], own is not None) for es, r in evals.items()}
     head["meets_acceptance"] = head["win_rate"]["rate"] >= 0.8 and head["win_rate"]["low"] > 0.7
     from instructkit.data.jsonl import write_json
     write_json(out / "headline.json", head)

@@ -412,7 +412,7 @@ class EvalConfig(StageConfig):
     fewshot: dict[str, int] = F({}, "models prompted few-shot, NAME: K (CLI: fewshot.NAME=K): each prompt follows K "
                                     "demonstrations as pretraining answer keys write them (`instruction\\nanswer\\n`), "
                                     "drawn per prompt (seeded, never the prompt itself), fewer if the model's positions "
-                                    "run out; the answer is cut at its first newline and judged alone")
+                                    "run out; the answer is cut at its first newline (fewshot_cut) and judged alone")
     fewshot_cut: bool = F(True, "cut each few-shot answer at its first newline, where the next instruction would "
                                 "start (a stop sequence); false judges the whole continuation, as a bare model's is")
     fewshot_data: str = F("", "demonstrations JSONL the few-shot examples come from; empty = the world's "
