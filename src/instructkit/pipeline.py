@@ -78,7 +78,6 @@ def _format(value, names: dict, where: str, path: str | None = None):
     return value
 
 
-
 def _parse(p: Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
