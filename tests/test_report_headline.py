@@ -31,6 +31,9 @@ def test_claims_row_shows_both_win_rates():
     assert _row({"headline": HEAD}) == ("ppo_ptx (0.50M) vs a 8.0x larger base (4.00M): 82.0% [78.7%, 84.9%] vs "
                                         "few-shot (4 shots), 90.0% [87.4%, 92.1%] vs bare; vs its own base: "
                                         "60.0% [56.0%, 63.9%] few-shot, 80.0% [76.6%, 83.0%] bare")
+    ceiling = {**HEAD, "ceiling": {"win_rate": {"rate": 0.76, "low": 0.724, "high": 0.792, "n": 600}}}
+    assert _row({"headline": ceiling}) == _row({"headline": HEAD}) + (
+        "; ceiling (an oracle answering every prompt right) 76.0% [72.4%, 79.2%] vs few-shot")
     bare = {"win_rate": HEAD["win_rate"]}  # only the required key
     assert _row({"headline": bare}) == "82.0% [78.7%, 84.9%] vs few-shot (? shots)"
     # a headline.json from before the rename of the bare figure still shows it
@@ -79,6 +82,21 @@ def test_headline_benchmark_end_to_end_on_the_tiny_world(tiny_chain, tmp_path):
     ev3_models = json.loads((tmp_path / "h" / "eval_seed3" / "eval.json").read_text())["models"]
     assert abs(head["by_seed"]["3"]["win_rate"]["rate"] + ev3_models["base_fewshot"]["win_rate"]["rate"] - 1) < 1e-9
     assert "eval seed 3:" in proc.stdout
+    # the ceiling: an oracle answering every prompt right, judged against the same samples
+    from instructkit.evaluate.run import compare
+    from instructkit.sandbox.world import World
+    from instructkit.sandbox.writers import oracle_response
+    world = World.load(head["world"])
+    rows = [json.loads(line) for line in (tmp_path / "h" / "eval" / "samples.jsonl").read_text().splitlines()]
+    oracle = [oracle_response(world.parse(r["prompt"]), world.kb, r["prompt"]) for r in rows]
+    outcomes = compare("panel", world, [r["prompt"] for r in rows], oracle, [r["base_fewshot"] for r in rows], 0)
+    c = head["ceiling"]
+    assert c["win_rate"]["n"] == 10 and c["win_rate"]["rate"] == sum(outcomes) / 10
+    assert c["win_rate"]["ties"] == sum(o == r["base_fewshot"] for o, r in zip(oracle, rows))
+    assert set(c) == {"win_rate", "win_rate_bare", "vs_policy", "same_size"}
+    assert head["by_seed"]["0"]["ceiling"] == c and head["by_seed"]["3"]["ceiling"]["win_rate"]["n"] == 10
+    assert head["acceptance_reachable"] == (c["win_rate"]["rate"] >= 0.8 and c["win_rate"]["low"] > 0.7)
+    assert "oracle vs base, few-shot" in proc.stdout
     assert json.loads((run / "headline.json").read_text()) == head
     assert "vs few-shot" in proc.stdout and "acceptance" in proc.stdout
     # a rerun skips every stage and gives the same figures

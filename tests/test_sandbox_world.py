@@ -91,6 +91,20 @@ def test_load_round_trip_and_judge_from_strings(tiny):
         assert w.parse(r["prompt"]).family == r["task"]
 
 
+def test_oracle_answers_every_family_right_and_the_same_each_time(tiny):
+    w = World.load(tiny)
+    prompts = [r["prompt"] for r in w.prompts("eval")]
+    answers = [Wr.oracle_response(w.parse(p), w.kb, p) for p in prompts]
+    assert {w.parse(p).family for p in prompts} == set(T.FAMILIES)
+    bad = [(p, a) for p, a in zip(prompts, answers) if not w.judge(p, a).correct]
+    assert not bad, bad[:3]
+    assert answers == [Wr.oracle_response(w.parse(p), w.kb, p) for p in prompts]
+    # the plainest phrasing: one line, no sign-off, never the careful demonstrator's full sentence
+    assert all("\n" not in a for a in answers)
+    count = next(p for p in prompts if w.parse(p).family == "count")
+    assert Wr.oracle_response(w.parse(count), w.kb, count) == str(len(w.parse(count).params["items"]))
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(InputError):
         World.load(tmp_path)

@@ -88,7 +88,8 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
 
 def _headline(head: dict | None) -> str:
     """The policy's win rate vs the larger base, few-shot (`win_rate`) and bare (`win_rate_bare`; files
-    written before session 11 call it `win_rate_prompted`), then vs its own base (`same_size`)."""
+    written before session 11 call it `win_rate_prompted`), then vs its own base (`same_size`), then
+    what a perfect policy would win against the same few-shot samples (`ceiling`)."""
     if not head or not head.get("win_rate"):
         return "measured by `make bench` (headline size), not in the demo"
     pol, base = head.get("policy", {}), head.get("base", {})
@@ -103,6 +104,9 @@ def _headline(head: dict | None) -> str:
         text += f"; vs its own base: {_interval(same['win_rate'])} few-shot"
         if same.get("win_rate_bare"):
             text += f", {_interval(same['win_rate_bare'])} bare"
+    ceiling = (head.get("ceiling") or {}).get("win_rate")
+    if ceiling:
+        text += f"; ceiling (an oracle answering every prompt right) {_interval(ceiling)} vs few-shot"
     return text
 
 
