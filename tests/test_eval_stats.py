@@ -29,6 +29,10 @@ def test_interval_edges_and_empty():
     r = win_rate([1.0] * 10)
     assert r["high"] == pytest.approx(1.0) and r["low"] == pytest.approx(10 / (10 + 1.959963984540054 ** 2), abs=1e-9)
     assert math.isnan(win_rate([])["rate"])
+    # a clean sweep: the interval ends exactly at the rate (30 of 30 once rounded to 0.9999999999999999,
+    # a negative error bar for the report's plot)
+    for n in (10, 30, 600):
+        assert win_rate([1.0] * n)["high"] == 1.0 and win_rate([0.0] * n)["low"] == 0.0
     assert proportion([True, False])["rate"] == 0.5
 
 

@@ -48,7 +48,10 @@ def test_every_stage_completes(demo_run):
             assert is_complete(p), s.name
     summary = json.loads((demo_run / "summary.json").read_text())
     models = summary["eval"]["models"]
-    assert set(models) == {"base", "sft", "sft_t0.3", "ppo", "ppo_ptx", "dpo"}
+    assert set(models) == {"base", "sft", "sft_t0.3", "ppo", "ppo_ptx", "dpo", "oracle"}
+    assert models["oracle"]["sandbox"]["task_success"] == 1.0
+    ppo_ptx = next(c["this_run"] for c in summary["claims"] if c["claim"].startswith("PPO-ptx preferred"))
+    assert "ceiling (an oracle answering every prompt right)" in ppo_ptx
     for m in ("ppo", "ppo_ptx", "base"):
         w = models[m]["win_rate"]
         assert 0 <= w["low"] <= w["rate"] <= w["high"] <= 1 and w["n"] == 30

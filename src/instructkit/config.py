@@ -418,6 +418,9 @@ class EvalConfig(StageConfig):
     fewshot_data: str = F("", "demonstrations JSONL the few-shot examples come from; empty = the world's "
                               "demonstrations.jsonl")
     alignment_tax: bool = F(True, "held-out pretraining loss and few-shot answer-key accuracy (needs `world`)")
+    oracle: bool = F(False, "also judge `oracle`, the sandbox's perfect policy: a right answer to every prompt in "
+                            "its plainest words (needs `world`). Its win rate is the ceiling of every other: where "
+                            "the baseline answers right too the judges see a tie or a toss-up")
     batch_size: int = F(64, "prompts per sampling batch")
 
 

@@ -54,11 +54,14 @@ def claims_table(summary: dict) -> list[tuple[str, str, str]]:
                  "1.3B InstructGPT preferred to 175B GPT-3; at the same size (175B) 85 ± 3% vs GPT-3, "
                  "71 ± 4% vs few-shot GPT-3",
                  _headline(summary.get("headline"))))
+    ceiling = get("oracle", "win_rate")  # eval's oracle=true: a right answer to every prompt
     for m, label in (("ppo_ptx", "PPO-ptx"), ("ppo", "PPO"), ("sft_t0.3", "SFT at T=0.3"), ("dpo", "DPO")):
         if m in models and models[m].get("win_rate"):
             rows.append((f"{label} preferred to SFT (held-out panel)", "InstructGPT preferred to SFT at every size (Fig. 1)",
                          f"{label} vs SFT: {_interval(models[m]['win_rate'])}, gold utility {get(m, 'gold_utility', 'mean') or float('nan'):.3f} "
-                         f"vs SFT {get('sft', 'gold_utility', 'mean') or float('nan'):.3f}"))
+                         f"vs SFT {get('sft', 'gold_utility', 'mean') or float('nan'):.3f}"
+                         + (f"; ceiling (an oracle answering every prompt right) {_interval(ceiling)}, gold "
+                            f"{get('oracle', 'gold_utility', 'mean') or float('nan'):.3f}" if ceiling and m == "ppo_ptx" else "")))
     rows.append(("Closed-domain hallucination falls", "41% (GPT-3) -> 21% (InstructGPT)",
                  f"base {_pct(get('base', 'sandbox', 'hallucination'))}, SFT {_pct(get('sft', 'sandbox', 'hallucination'))}, "
                  f"PPO {_pct(get('ppo', 'sandbox', 'hallucination'))}, PPO-ptx {_pct(get('ppo_ptx', 'sandbox', 'hallucination'))}"))

@@ -64,6 +64,24 @@ def compare(judge: str, world, prompts, a: list[str], b: list[str], seed: int) -
     return [0.5 if x == y else float(x > y) for x, y in zip(ua, ub)]
 
 
+ORACLE = "oracle"
+
+
+def oracle_answers(world, records, path: str) -> list[str]:
+    """The sandbox oracle's answer to each prompt record; a prompt that is not one of the world's
+    tasks has no right answer to give: an error naming its line."""
+    from instructkit.data.jsonl import iter_json_lines
+    from instructkit.sandbox.writers import oracle_response
+    out = []
+    for r, (line, _) in zip(records, iter_json_lines(path)):
+        task = world.parse(r.prompt)
+        if task is None:
+            raise InputError("not a task of the sandbox world, so the oracle has no right answer for it (oracle=false "
+                             "evaluates without it)", path=path, line=line, field="prompt")
+        out.append(oracle_response(task, world.kb, r.prompt))
+    return out
+
+
 def human_outcomes(path: str, a_name: str, b_name: str) -> list[float]:
     """Outcomes from labeling-app comparison records: {"prompt","completions":[x,y],"ranks","models":[..]}."""
     out = []
@@ -96,8 +114,12 @@ def run(cfg: EvalConfig) -> dict:
         if not getattr(cfg, name):
             raise InputError("missing required field", field=name)
     specs = parse_models(cfg.models)
-    if cfg.baseline not in specs:
-        raise InputError(f"baseline {cfg.baseline!r} is not one of the models ({', '.join(specs)})", field="baseline")
+    if cfg.oracle and ORACLE in specs:
+        raise InputError(f"{ORACLE!r} names the sandbox oracle (oracle=true): call the model something else",
+                         field="models")
+    names = [*specs, *([ORACLE] if cfg.oracle else [])]
+    if cfg.baseline not in names:
+        raise InputError(f"baseline {cfg.baseline!r} is not one of the models ({', '.join(names)})", field="baseline")
     for name, k in cfg.fewshot.items():
         if name not in specs:
             raise InputError(f"{name!r} is not one of the models ({', '.join(specs)})", field=f"fewshot.{name}")
@@ -107,6 +129,8 @@ def run(cfg: EvalConfig) -> dict:
         raise InputError("few-shot models need demonstrations: set fewshot_data or world", field="fewshot_data")
     if cfg.judge in ("panel", "gold") and not cfg.world:
         raise InputError(f"judge={cfg.judge} needs a sandbox world", field="world")
+    if cfg.oracle and not cfg.world:
+        raise InputError("the oracle answers a sandbox world's prompts: set world", field="oracle")
     records = datalib.load(cfg.prompts, "prompt")
     if cfg.n_prompts:
         records = records[: cfg.n_prompts]
@@ -116,6 +140,7 @@ def run(cfg: EvalConfig) -> dict:
         from instructkit.sandbox.world import World
         world = World.load(cfg.world)
     human_file = cfg.judge[len("human:"):] if cfg.judge.startswith("human:") else None
+    oracle = oracle_answers(world, records, cfg.prompts) if cfg.oracle else None
     demos_path = (cfg.fewshot_data or str(Path(cfg.world) / "demonstrations.jsonl")) if cfg.fewshot else ""
     demos = [(d.prompt, d.completion) for d in datalib.load(demos_path, "demonstration")
              if d.messages is None] if demos_path else []
@@ -158,10 +183,15 @@ def run(cfg: EvalConfig) -> dict:
         shots = f", few-shot: {shots_used[name]:.1f} of {k} shots on average" if k else ""
         print(f"eval: sampled {name} ({path}, T={t}{shots}) on {len(prompts)} prompts")
 
+    if oracle is not None:
+        samples[ORACLE] = oracle
+        print(f"eval: {ORACLE}: a right answer to each of the {len(prompts)} prompts (sandbox/writers.py: oracle_response)")
+
     tasks = [r.meta.get("task", "all") for r in records]
     results: dict[str, dict] = {}
-    for name in specs:
-        res: dict = {"path": specs[name][0], "temperature": specs[name][1] or cfg.temperature,
+    for name in names:
+        path, temp = specs.get(name, ("sandbox:oracle", None))
+        res: dict = {"path": path, "temperature": None if name == ORACLE else temp or cfg.temperature,
                      "mean_words": sum(len(s.split()) for s in samples[name]) / max(1, len(prompts))}
         if name in shots_used:
             res["fewshot"] = {"k": cfg.fewshot[name], "mean_shots": shots_used[name]}
@@ -189,7 +219,7 @@ def run(cfg: EvalConfig) -> dict:
         results[name] = res
 
     write_jsonl(rundir.out / "samples.jsonl",
-                [{"prompt": p, "task": t, **{n: samples[n][i] for n in specs}} for i, (p, t) in enumerate(zip(prompts, tasks))])
+                [{"prompt": p, "task": t, **{n: samples[n][i] for n in names}} for i, (p, t) in enumerate(zip(prompts, tasks))])
     write_json(rundir.out / "eval.json", {"baseline": cfg.baseline, "judge": cfg.judge, "n_prompts": len(prompts),
                                           "models": results})
     print_table(results, cfg.baseline, cfg.judge)

@@ -19,7 +19,8 @@ def win_rate(outcomes: list[float], z: float = Z95) -> dict:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"rate": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n,
+    # the interval holds p in exact arithmetic; at p = 0 or 1 rounding can put an end a hair inside it
+    return {"rate": p, "low": max(0.0, min(p, centre - half)), "high": min(1.0, max(p, centre + half)), "n": n,
             "wins": sum(1 for o in outcomes if o == 1), "ties": sum(1 for o in outcomes if o == 0.5)}
 
 
