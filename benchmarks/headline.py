@@ -273,7 +273,7 @@ def main() -> int:
           f"{head['task_success']['policy']:8.1%} {head['continue_worksheet']['policy']:9.1%} "
           f"{head['answer_key_accuracy']['policy'] or float('nan'):11.1%}")
     c = head["ceiling"]
-    print(f"  ceiling, an oracle (a right answer to every prompt; a tie where the model's is the same):")
+    print("  ceiling, an oracle (a right answer to every prompt; a tie where the model's is the same):")
     for label, w in [("oracle vs base, few-shot", c["win_rate"]), ("oracle vs base, bare", c["win_rate_bare"]),
                      *([("oracle vs its own base, few-shot", c["same_size"]["win_rate"]),
                         ("oracle vs its own base, bare", c["same_size"]["win_rate_bare"])] if "same_size" in c else []),

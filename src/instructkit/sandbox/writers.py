@@ -67,8 +67,8 @@ def good_response(task: T.Task, kb: K.KB, rng: random.Random, chatty: float = 0.
 
 def oracle_response(task: T.Task, kb: K.KB, prompt: str) -> str:
     """What a perfect policy writes: a right answer in its plainest phrasing (no full sentence, no
-    sign-off), the same for the same prompt every time. Judged against a model, it measures the
-    ceiling of that model's opponents: where both give the same right answer the judges see a tie."""
+    sign-off), the same for the same prompt every time. Judged against a model it shows the most any
+    policy could win against that model: where both give the same right answer the judges see a tie."""
     return good_response(task, kb, random.Random(f"instructkit-oracle/{prompt}"), chatty=0.0)
 
 
