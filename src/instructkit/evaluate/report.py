@@ -304,7 +304,8 @@ def plots(summary: dict, root: Path, cfg: ReportConfig) -> list[tuple[str, str]]
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(wr)))
         ys = range(len(wr))
         ax.barh(list(ys), [w["rate"] for _, w in wr],
-                xerr=[[w["rate"] - w["low"] for _, w in wr], [w["high"] - w["rate"] for _, w in wr]], capsize=3)
+                xerr=[[w["rate"] - w["low"] for _, w in wr], [w["high"] - w["rate"] for _, w in wr]], capsize=3,
+                color=["silver" if m == "oracle" else "tab:blue" for m, _ in wr])  # the oracle: the ceiling, not a model
         ax.set_yticks(list(ys), [m for m, _ in wr])
         ax.axvline(0.5, color="grey", ls="--", lw=1)
         ax.set_xlim(0, 1)
