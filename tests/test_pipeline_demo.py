@@ -52,6 +52,7 @@ def test_every_stage_completes(demo_run):
     assert models["oracle"]["sandbox"]["task_success"] == 1.0
     ppo_ptx = next(c["this_run"] for c in summary["claims"] if c["claim"].startswith("PPO-ptx preferred"))
     assert "ceiling (an oracle answering every prompt right)" in ppo_ptx
+    assert "<table id='by-task'>" in (demo_run / "report.html").read_text()
     for m in ("ppo", "ppo_ptx", "base"):
         w = models[m]["win_rate"]
         assert 0 <= w["low"] <= w["rate"] <= w["high"] <= 1 and w["n"] == 30

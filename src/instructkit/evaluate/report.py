@@ -331,6 +331,29 @@ def plots(summary: dict, root: Path, cfg: ReportConfig) -> list[tuple[str, str]]
     return figs
 
 
+def task_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Per task category: each model's win rate against the eval's baseline with its interval and,
+    in a sandbox eval, its task success there; the baseline's column has only its task success.
+    (column names, rows), each row starting with its category; empty when no categories were judged."""
+    ev = summary.get("eval", {})
+    models, baseline = ev.get("models", {}), ev.get("baseline")
+    names = [m for m, r in models.items() if r.get("win_rate_by_task")]
+    if not names:
+        return [], []
+    cols = ([baseline] if baseline in models else []) + names
+    rows = []
+    for t in sorted({t for m in names for t in models[m]["win_rate_by_task"]}):
+        row = [t]
+        for m in cols:
+            w = models[m].get("win_rate_by_task", {}).get(t)
+            ok = _dig(models[m], ["sandbox", "task_success_by_task", t])
+            parts = ([f"{w['rate']:.0%} [{w['low']:.0%}, {w['high']:.0%}]"] if w else []) + \
+                    ([f"task ok {ok:.0%}"] if ok is not None else [])
+            row.append("; ".join(parts) or "n/a")
+        rows.append(row)
+    return cols, rows
+
+
 def render(summary: dict, figs, samples: list[dict], rows) -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>instructkit report</title><style>",
@@ -359,6 +382,13 @@ def render(summary: dict, figs, samples: list[dict], rows) -> str:
                 parts.append("</table>")
     for title, png in figs:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{png}'>")
+    cols, cats = task_table(summary)
+    if cats:
+        parts.append(f"<h2>Win rate vs {esc(str(summary['eval'].get('baseline')))} by task category (95% interval; "
+                     "task success)</h2><table id='by-task'><tr><th>category</th>"
+                     + "".join(f"<th>{esc(n)}</th>" for n in cols) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in cats]
+        parts.append("</table>")
     if samples:
         names = [k for k in samples[0] if k not in ("prompt", "task")]
         parts.append("<h2>Samples side by side</h2><table id='samples'><tr><th>prompt</th>" +
